@@ -1,0 +1,76 @@
+"""What every Hydra entry point shares: the config location, resolvers and clear user errors."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hydra.errors import InstantiationException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from cvexp.errors import UserError
+
+# conf/ is installed as the package cvexp.conf (see pyproject.toml), so it is found from
+# any working directory, after both editable and regular installs.
+CONFIG_PATH = "pkg://cvexp.conf"
+VERSION_BASE = "1.3"
+
+
+def fresh_dir(path: str) -> str:
+    """`path` if nothing is there yet, else `path-1`, `path-2`, ...: runs never share a directory.
+
+    Registered with use_cache=True, so one run resolves it once; Hydra copies the cache
+    into every job of a sweep, so all jobs agree on it.
+    """
+    candidate, n = path, 0
+    while os.path.exists(candidate):
+        n += 1
+        candidate = f"{path}-{n}"
+    return candidate
+
+
+def register_resolvers() -> None:
+    """Register cvexp's OmegaConf resolvers (idempotent)."""
+    OmegaConf.register_new_resolver("fresh_dir", fresh_dir, use_cache=True, replace=True)
+
+
+def user_error_message(error: BaseException) -> str | None:
+    """The one sentence to show for an error the user can fix, or None for a genuine bug."""
+    if isinstance(error, UserError):
+        return str(error)
+    if isinstance(error, InstantiationException):
+        cause = error.__cause__
+        if isinstance(cause, UserError):
+            return str(cause)
+        if isinstance(cause, (TypeError, ValueError)) or cause is None:
+            detail = str(cause or error).strip().splitlines()[-1]
+            return f"The config could not be built ({detail}); check the overrides on the command line."
+    if isinstance(error, OmegaConfBaseException):
+        detail = str(error).strip().splitlines()[0]
+        return f"The config is invalid ({detail}); check the overrides on the command line."
+    return None
+
+
+def exit_on_user_error(task: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a UserError (or a config error) into one line on stderr and exit status 2.
+
+    HYDRA_FULL_ERROR=1 keeps the full traceback, for debugging.
+    """
+
+    @functools.wraps(task)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return task(*args, **kwargs)
+        except Exception as error:
+            message = user_error_message(error)
+            if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper

@@ -1,0 +1,5 @@
+"""Lightning callbacks of cvexp."""
+
+from cvexp.callbacks.run_summary import RunSummary
+
+__all__ = ["RunSummary"]

@@ -1,0 +1,90 @@
+"""Load a cvexp checkpoint safely and rebuild its classifier with no outside knowledge."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+
+from cvexp.errors import UserError
+from cvexp.module import ImageClassifier
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """torch.load with weights_only=True: tensors and plain containers only, never arbitrary code."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UserError(f"Checkpoint not found: {file}; pass ckpt_path=<path to a .ckpt file>.")
+    try:
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            raise UserError(
+                f"{file} needs arbitrary Python objects to load, which could run code; "
+                "only load checkpoints written by cvexp."
+            ) from None
+        raise UserError(
+            f"{file} is not a PyTorch checkpoint (it cannot be unpickled); check ckpt_path."
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+        raise UserError(
+            f"{file} is not a readable PyTorch checkpoint ({str(err).splitlines()[0]}); check ckpt_path."
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise UserError(
+            f"{file} is not a Lightning checkpoint (it has no state_dict); check ckpt_path."
+        )
+    return checkpoint
+
+
+def load_classifier(path: str | Path) -> tuple[ImageClassifier, dict[str, Any]]:
+    """Rebuild the classifier saved in a cvexp checkpoint; returns it (in eval mode) and the raw checkpoint."""
+    checkpoint = read_checkpoint(path)
+    net_config = checkpoint.get("net_config")
+    if not isinstance(net_config, dict) or "_target_" not in net_config:
+        raise UserError(
+            f"{path} was not written by cvexp-train (it has no net_config); pass a checkpoint "
+            "from a cvexp run's checkpoints/ folder."
+        )
+    try:
+        net = instantiate(net_config)
+    except InstantiationException as err:
+        raise UserError(
+            f"{path} names a network that cannot be built ({err}); check ckpt_path."
+        ) from None
+    hparams = {
+        k: v
+        for k, v in checkpoint.get("hyper_parameters", {}).items()
+        if k in ("num_classes", "label_smoothing")
+    }
+    classifier = ImageClassifier(net=net, **hparams)
+    classifier.net_config = net_config
+    try:
+        classifier.load_state_dict(checkpoint["state_dict"], strict=False)
+        missing, unexpected = _mismatch(classifier, checkpoint["state_dict"])
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+        raise UserError(
+            f"The weights in {path} do not fit the architecture it names ({first}); "
+            "the checkpoint is from another model or corrupt."
+        ) from None
+    if missing or unexpected:
+        raise UserError(
+            f"The weights in {path} do not fit the architecture it names "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}); the checkpoint is from another model."
+        )
+    return classifier.eval(), checkpoint
+
+
+def _mismatch(
+    classifier: ImageClassifier, state_dict: dict[str, torch.Tensor]
+) -> tuple[list[str], list[str]]:
+    """Net parameter names missing from, or unexpected in, a state dict (metric states are optional)."""
+    expected = {f"net.{k}" for k in classifier.net.state_dict()}
+    given = {k for k in state_dict if k.startswith("net.")}
+    return sorted(expected - given), sorted(given - expected)

@@ -1,0 +1,75 @@
+"""cvexp-eval: test a checkpoint; write metrics, per-class accuracy and a confusion matrix."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from cvexp.app import CONFIG_PATH, VERSION_BASE, exit_on_user_error, register_resolvers
+from cvexp.checkpoint import load_classifier
+from cvexp.data.formats import CLASSES
+from cvexp.errors import UserError
+from cvexp.viz.confusion import plot_confusion_matrix
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Test `cfg.ckpt_path` on the official test set and write the results into the output dir."""
+    if not cfg.get("ckpt_path"):
+        raise UserError("cvexp-eval needs a checkpoint; pass ckpt_path=<path to a .ckpt file>.")
+    out_dir = Path(cfg.paths.output_dir)
+    classifier, checkpoint = load_classifier(cfg.ckpt_path)
+    datamodule: L.LightningDataModule = instantiate(cfg.data)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False
+    )
+    results = trainer.test(classifier, datamodule=datamodule, verbose=False)[0]
+    confusion = classifier.confusion_matrix().cpu()
+    per_class = (confusion.diag().double() / confusion.sum(dim=1).clamp(min=1)).tolist()
+    metrics = {
+        "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
+        "epoch": checkpoint.get("epoch"),
+        "test_acc": results["test/acc"],
+        "test_loss": results["test/loss"],
+        "test_images": int(confusion.sum()),
+        "per_class_accuracy": dict(zip(CLASSES, per_class, strict=True)),
+        "confusion_matrix": confusion.tolist(),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    with (out_dir / "per_class_accuracy.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class", "accuracy", "images"])
+        for name, acc, row in zip(CLASSES, per_class, confusion.sum(dim=1).tolist(), strict=True):
+            writer.writerow([name, f"{acc:.4f}", row])
+    with (out_dir / "confusion_matrix.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["true \\ predicted", *CLASSES])
+        for name, row in zip(CLASSES, confusion.tolist(), strict=True):
+            writer.writerow([name, *row])
+    title = f"{Path(cfg.ckpt_path).name}: test accuracy {metrics['test_acc']:.2%}"
+    plot_confusion_matrix(confusion, CLASSES, out_dir / "confusion_matrix.png", title=title)
+    print(
+        f"test/acc {metrics['test_acc']:.4f} on {metrics['test_images']} images; results in {out_dir}"
+    )
+    return metrics
+
+
+register_resolvers()
+
+
+@hydra.main(version_base=VERSION_BASE, config_path=CONFIG_PATH, config_name="eval")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    """Console entry point `cvexp-eval`."""
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""ImageClassifier: the LightningModule that trains any net: loss, metrics, optimiser, logging."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+
+class ImageClassifier(L.LightningModule):
+    """Cross-entropy classification of float images in [0, 1]; the net does its own preprocessing.
+
+    `optimizer` is a factory called with `params=` (parameter groups: weight decay on
+    weights, none on biases and norm parameters). `scheduler` is a factory called with
+    `optimizer=` and `total_steps=` (the number of optimiser steps in the whole fit); it is
+    stepped every batch.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        *,
+        num_classes: int = 10,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        # plain values only: checkpoints then load with torch.load(weights_only=True)
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.net_config: dict[str, Any] | None = (
+            None  # set by build_classifier, saved in checkpoints
+        )
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)  # a resumed run keeps its best so far
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) in [0, 1] -> logits (B, num_classes)."""
+        return self.net(x)
+
+    # ------------------------------------------------------------------ steps
+
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = self.criterion(logits, y)
+        self.train_acc(logits, y)
+        self.train_loss(loss.detach(), weight=len(y))
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.val_loss(self.criterion(logits, y), weight=len(y))
+        self.val_acc(logits, y)
+        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        acc = self.val_acc.compute()  # synced over ranks by torchmetrics
+        if not self.trainer.sanity_checking:
+            self.val_acc_best(acc)
+        if self.val_acc_best.update_called:
+            self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.test_loss(self.criterion(logits, y), weight=len(y))
+        self.test_acc(logits, y)
+        self.test_confusion(logits, y)
+        self.log("test/loss", self.test_loss, on_step=False, on_epoch=True)
+        self.log("test/acc", self.test_acc, on_step=False, on_epoch=True)
+
+    def on_test_epoch_start(self) -> None:
+        self.test_confusion.reset()
+
+    def confusion_matrix(self) -> torch.Tensor:
+        """(true class, predicted class) counts over the last test run, synced over ranks."""
+        return self.test_confusion.compute()
+
+    # ------------------------------------------------------------------ optimisation
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Weight decay on weight matrices and conv kernels; none on biases and norm parameters."""
+        decay = [p for p in self.net.parameters() if p.requires_grad and p.ndim > 1]
+        no_decay = [p for p in self.net.parameters() if p.requires_grad and p.ndim <= 1]
+        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    def configure_optimizers(self) -> Any:
+        if self.optimizer_factory is None:
+            raise RuntimeError("ImageClassifier needs an optimizer factory to train.")
+        optimizer = self.optimizer_factory(params=self.parameter_groups())
+        if self.scheduler_factory is None:
+            return optimizer
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=total_steps)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"},
+        }
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["net_config"] = self.net_config
+
+
+def build_classifier(model_cfg: DictConfig) -> ImageClassifier:
+    """Instantiate the classifier and its net from the `model` config group.
+
+    The net's resolved config is kept as plain containers and saved in every checkpoint,
+    so that a checkpoint can rebuild its net with no outside knowledge.
+    """
+    classifier: ImageClassifier = instantiate(model_cfg)
+    classifier.net_config = OmegaConf.to_container(model_cfg.net, resolve=True)
+    return classifier

@@ -1,0 +1,162 @@
+"""cvexp-train: fit on the train split, early-stop on the val split, test the best checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from cvexp.app import CONFIG_PATH, VERSION_BASE, exit_on_user_error, register_resolvers
+from cvexp.callbacks.run_summary import RunSummary
+from cvexp.checkpoint import read_checkpoint
+from cvexp.module import ImageClassifier, build_classifier
+
+
+def instantiate_group(group: DictConfig | None) -> list[Any]:
+    """Build every entry of a config group that has a `_target_` (null entries switch one off)."""
+    if not group:
+        return []
+    return [
+        instantiate(entry) for entry in group.values() if entry is not None and "_target_" in entry
+    ]
+
+
+def run_choices() -> dict[str, Any]:
+    """The config-group choices and overrides of this run, when Hydra made it."""
+    if not HydraConfig.initialized():
+        return {"model": None, "overrides": []}
+    hydra_cfg = HydraConfig.get()
+    return {
+        "model": hydra_cfg.runtime.choices.get("model"),
+        "overrides": list(hydra_cfg.overrides.task),
+    }
+
+
+def hparams_for_tensorboard(cfg: DictConfig) -> dict[str, Any]:
+    """The knobs worth comparing in TensorBoard's HPARAMS tab, as plain values."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    return {
+        "model": run_choices()["model"] or plain["model"]["net"]["_target_"],
+        "seed": plain.get("seed"),
+        "net": {k: v for k, v in plain["model"]["net"].items() if k != "_target_"},
+        "optimizer": {
+            k: v for k, v in plain["model"]["optimizer"].items() if not k.startswith("_")
+        },
+        "data": {k: plain["data"][k] for k in ("batch_size", "val_size") if k in plain["data"]},
+        "max_epochs": plain["trainer"].get("max_epochs"),
+    }
+
+
+def _best_path(checkpointing: ModelCheckpoint | None) -> str | None:
+    return (checkpointing.best_model_path or None) if checkpointing is not None else None
+
+
+def _last_path(checkpointing: ModelCheckpoint | None) -> str | None:
+    return (checkpointing.last_model_path or None) if checkpointing is not None else None
+
+
+def test_best_checkpoint(
+    trainer: L.Trainer,
+    classifier: ImageClassifier,
+    datamodule: L.LightningDataModule,
+    best: str | None,
+) -> dict[str, Any]:
+    """Load the best checkpoint's weights (safely) and test them on the official test set.
+
+    Only the weights are loaded, so the callbacks keep their end-of-fit state.
+    """
+    if best:
+        classifier.load_state_dict(read_checkpoint(best)["state_dict"])
+    results = trainer.test(classifier, datamodule=datamodule)
+    return {
+        "test_acc": results[0].get("test/acc") if results else None,
+        "test_loss": results[0].get("test/loss") if results else None,
+        "tested_checkpoint": best or "the last weights (no best checkpoint was saved)",
+    }
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, then test the best checkpoint on the official test set; returns the run's summary.
+
+    summary.json is written in every case: completed, stopped early, failed or interrupted.
+    """
+    run_dir = Path(cfg.paths.output_dir)
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+
+    datamodule: L.LightningDataModule = instantiate(cfg.data)
+    classifier = build_classifier(cfg.model)
+    summary_callback = RunSummary(run_dir / "summary.json")
+    callbacks: list[Callback] = [*instantiate_group(cfg.get("callbacks")), summary_callback]
+    loggers: list[Logger] = instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    datamodule.per_device_batch_size(trainer.world_size)  # fail before any process starts
+
+    checkpointing = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+    early_stopping = next((c for c in callbacks if isinstance(c, EarlyStopping)), None)
+    fields: dict[str, Any] = {
+        "status": "failed",
+        **run_choices(),
+        "params": sum(p.numel() for p in classifier.net.parameters()),
+        "trainable_params": sum(p.numel() for p in classifier.net.parameters() if p.requires_grad),
+        "seed": cfg.get("seed"),
+        "run_dir": str(run_dir),
+    }
+    try:
+        trainer.fit(classifier, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        fields.update(
+            best_model_path=_best_path(checkpointing), last_model_path=_last_path(checkpointing)
+        )
+        if trainer.interrupted:
+            fields["status"] = "interrupted"
+        else:
+            if cfg.get("test", True):
+                fields.update(
+                    test_best_checkpoint(trainer, classifier, datamodule, fields["best_model_path"])
+                )
+            stopped = early_stopping is not None and early_stopping.stopped_epoch > 0
+            fields["status"] = "stopped_early" if stopped else "completed"
+    except (KeyboardInterrupt, SystemExit):
+        fields["status"] = "interrupted"
+        raise
+    finally:
+        fields.setdefault("test_acc", None)
+        fields.setdefault("best_model_path", _best_path(checkpointing))
+        fields.setdefault("last_model_path", _last_path(checkpointing))
+        fields["epochs_run"] = trainer.current_epoch
+        fields["split"] = datamodule.split_record() if hasattr(datamodule, "split_record") else {}
+        if trainer.global_rank == 0:
+            summary = summary_callback.write(fields)
+            for logger in loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    metrics = {
+                        "hp/best_val_acc": summary["best_val_acc"],
+                        "hp/test_acc": summary["test_acc"],
+                    }
+                    logger.log_hyperparams(
+                        hparams_for_tensorboard(cfg),
+                        {k: v for k, v in metrics.items() if v is not None},
+                    )
+                    logger.finalize("success")
+    return summary if trainer.global_rank == 0 else fields
+
+
+register_resolvers()
+
+
+@hydra.main(version_base=VERSION_BASE, config_path=CONFIG_PATH, config_name="train")
+@exit_on_user_error
+def main(cfg: DictConfig) -> float | None:
+    """Console entry point `cvexp-train`; returns the best val accuracy for sweepers."""
+    return train(cfg).get("best_val_acc")
+
+
+if __name__ == "__main__":
+    main()

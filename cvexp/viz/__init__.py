@@ -1,0 +1,1 @@
+"""Plots that need no Trainer: confusion matrices, filter grids, feature maps, curves."""
