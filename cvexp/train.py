@@ -41,16 +41,17 @@ def run_choices() -> dict[str, Any]:
 
 def hparams_for_tensorboard(cfg: DictConfig) -> dict[str, Any]:
     """The knobs worth comparing in TensorBoard's HPARAMS tab, as plain values."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
+    model = OmegaConf.to_container(cfg.model, resolve=True)
     return {
-        "model": run_choices()["model"] or plain["model"]["net"]["_target_"],
-        "seed": plain.get("seed"),
-        "net": {k: v for k, v in plain["model"]["net"].items() if k != "_target_"},
+        "model": run_choices()["model"] or model["net"]["_target_"],
+        "seed": cfg.get("seed"),
+        "net": {k: v for k, v in model["net"].items() if not k.startswith("_")},
         "optimizer": {
-            k: v for k, v in plain["model"]["optimizer"].items() if not k.startswith("_")
+            k: v for k, v in (model.get("optimizer") or {}).items() if not k.startswith("_")
         },
-        "data": {k: plain["data"][k] for k in ("batch_size", "val_size") if k in plain["data"]},
-        "max_epochs": plain["trainer"].get("max_epochs"),
+        "batch_size": cfg.data.get("batch_size"),
+        "val_size": cfg.data.get("val_size"),
+        "max_epochs": cfg.trainer.get("max_epochs"),
     }
 
 
