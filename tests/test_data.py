@@ -120,11 +120,11 @@ def test_loaders_cover_their_split_and_ranks_are_disjoint(data_root: Path) -> No
         ShardedBatchSampler(200, 8, shuffle=True, drop_last=True, seed=1, rank=r, world_size=2)
         for r in (0, 1)
     ]
-    positions = [sum(list(sampler), []) for sampler in ranks]
+    positions = [[i for batch in sampler for i in batch] for sampler in ranks]
     assert len(positions[0]) == len(positions[1]) == 96
     assert not set(positions[0]) & set(positions[1])
     ranks[0].set_epoch(1)
-    assert sum(list(ranks[0]), []) != positions[0]  # a new order every epoch
+    assert [i for batch in ranks[0] for i in batch] != positions[0]  # a new order every epoch
 
 
 def test_augmentation_changes_train_batches_only(data_root: Path) -> None:
@@ -266,7 +266,7 @@ def test_val_size_larger_than_a_small_train_set(data_root: Path) -> None:
 
 
 def test_wrong_types_are_named(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="data.batch_size must be an integer, got 'abc'"):
+    with pytest.raises(UserError, match=r"data\.batch_size must be an integer, got 'abc'"):
         CIFAR10DataModule(str(tmp_path), batch_size="abc")
 
 
