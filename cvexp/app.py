@@ -47,9 +47,8 @@ def user_error_message(error: BaseException) -> str | None:
         cause = error.__cause__
         if isinstance(cause, UserError):
             return str(cause)
-        if isinstance(cause, (TypeError, ValueError)) or cause is None:
-            detail = str(cause or error).strip().splitlines()[-1]
-            return f"The config could not be built ({detail}); check the overrides on the command line."
+        detail = str(cause or error).strip().splitlines()[-1]
+        return f"The config could not be built ({detail}); check the overrides on the command line."
     if isinstance(error, OmegaConfBaseException):
         detail = str(error).strip().splitlines()[0]
         return f"The config is invalid ({detail}); check the overrides on the command line."

@@ -9,7 +9,7 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -96,6 +96,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     classifier = build_classifier(cfg.model)
     summary_callback = RunSummary(run_dir / "summary.json")
     callbacks: list[Callback] = [*instantiate_group(cfg.get("callbacks")), summary_callback]
+    if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar callback then
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers: list[Logger] = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     datamodule.per_device_batch_size(trainer.world_size)  # fail before any process starts
