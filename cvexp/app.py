@@ -22,16 +22,20 @@ VERSION_BASE = "1.3"
 
 
 def fresh_dir(path: str) -> str:
-    """`path` if nothing is there yet, else `path-1`, `path-2`, ...: runs never share a directory.
+    """Claim `path`, or `path-1`, `path-2`, ... if taken: runs never share a directory.
 
-    Registered with use_cache=True, so one run resolves it once; Hydra copies the cache
-    into every job of a sweep, so all jobs agree on it.
+    The directory is created here (atomically, with mkdir), so two runs started in the
+    same second cannot both claim it. Registered with use_cache=True, so one run resolves
+    it once; Hydra copies that cache into every job of a sweep, so all jobs agree on it.
     """
     candidate, n = path, 0
-    while os.path.exists(candidate):
-        n += 1
-        candidate = f"{path}-{n}"
-    return candidate
+    while True:
+        try:
+            os.makedirs(candidate, exist_ok=False)
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = f"{path}-{n}"
 
 
 def register_resolvers() -> None:

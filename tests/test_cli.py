@@ -83,9 +83,8 @@ def test_eval_cli_writes_metrics_per_class_accuracy_and_confusion_matrix(finishe
 def test_fresh_dir_never_reuses_a_directory(tmp_path: Path) -> None:
     target = tmp_path / "2026-11-26" / "12-00-00"
     assert fresh_dir(str(target)) == str(target)
-    target.mkdir(parents=True)
+    assert target.is_dir()  # claimed at once, so a concurrent run cannot take it too
     assert fresh_dir(str(target)) == f"{target}-1"
-    Path(f"{target}-1").mkdir()
     assert fresh_dir(str(target)) == f"{target}-2"
 
 

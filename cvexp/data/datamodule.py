@@ -1,0 +1,299 @@
+"""The CIFAR-10 LightningDataModule: decode once, keep uint8 tensors, gather whole batches."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from cvexp.data.augment import augment_batch, to_float_chw
+from cvexp.data.download import OFFICIAL_URL, download_official
+from cvexp.data.formats import CLASSES, Cifar10Tensors, Source, find_source, read_source
+from cvexp.errors import UserError
+
+OFFICIAL_TRAIN_SIZE = 50_000
+CACHE_DIR = ".cvexp_cache"
+
+
+class BatchGather(Dataset):
+    """A dataset indexed by a whole list of indices: one fancy-index gather per batch."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> None:
+        self.images, self.labels, self.indices = images, labels, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.indices[torch.as_tensor(positions)]
+        return self.images[rows], self.labels[rows]  # (B, 32, 32, 3) uint8, (B,) int64
+
+
+class ShardedBatchSampler:
+    """Yields lists of positions: this rank's share of a (seeded, per-epoch) permutation, in batches.
+
+    Every rank draws the same permutation from `seed + epoch`, then takes every
+    `world_size`-th element, so ranks see disjoint data and a resumed run sees the same
+    order. Evaluation (`shuffle=False, drop_last=False`) is not padded: ranks may get one
+    batch fewer, and metrics sync their own counts, so no sample is counted twice.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        drop_last: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.size, self.batch_size, self.shuffle, self.drop_last = size, batch_size, shuffle, drop_last
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at the start of every epoch."""
+        self.epoch = epoch
+
+    def _positions(self) -> torch.Tensor:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.size, generator=generator)
+        else:
+            order = torch.arange(self.size)
+        if self.drop_last:  # every rank gets the same number of samples
+            order = order[: self.size - self.size % self.world_size]
+        return order[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        positions = self._positions()
+        for batch in positions.split(self.batch_size):
+            if self.drop_last and len(batch) < self.batch_size:
+                return
+            yield batch.tolist()
+
+    def __len__(self) -> int:
+        n = len(self._positions())
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+
+def stratified_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split indices into (train, val), with `val_size` val images spread over classes in proportion.
+
+    Per-class counts follow the largest-remainder rule, so they sum to exactly `val_size`.
+    The result depends only on the labels, `val_size` and `seed`.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    classes, counts = labels.unique(return_counts=True)
+    quota = counts.double() * val_size / len(labels)
+    take = quota.floor().long()
+    remainder_order = torch.argsort(quota - take, descending=True, stable=True)
+    take[remainder_order[: val_size - int(take.sum())]] += 1
+    val_parts = []
+    for cls, n_val in zip(classes.tolist(), take.tolist(), strict=True):
+        members = (labels == cls).nonzero().squeeze(1)
+        val_parts.append(members[torch.randperm(len(members), generator=generator)[:n_val]])
+    val = torch.cat(val_parts).sort().values
+    is_val = torch.zeros(len(labels), dtype=torch.bool)
+    is_val[val] = True
+    return (~is_val).nonzero().squeeze(1), val
+
+
+class CIFAR10DataModule(L.LightningDataModule):
+    """CIFAR-10 from any supported format, as uint8 tensors, with a seeded stratified val split.
+
+    `batch_size` is the global batch: under DDP each rank gets `batch_size // world_size`.
+    Training batches are augmented (random crop with padding, horizontal flip) on the device,
+    in `on_after_batch_transfer`; validation and test batches are not.
+    """
+
+    def __init__(
+        self,
+        root: str = "./data",
+        *,
+        download: bool = True,
+        val_size: int = 5000,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = True,
+        seed: int = 42,
+        crop_padding: int = 4,
+        hflip: bool = True,
+        cache: bool = True,
+        download_url: str = OFFICIAL_URL,
+    ) -> None:
+        super().__init__()
+        _require_int("data.val_size", val_size, low=1, high=OFFICIAL_TRAIN_SIZE - 1)
+        _require_int("data.batch_size", batch_size, low=1)
+        if eval_batch_size is not None:
+            _require_int("data.eval_batch_size", eval_batch_size, low=1)
+        _require_int("data.num_workers", num_workers, low=0)
+        _require_int("data.crop_padding", crop_padding, low=0)
+        _require_int("seed", seed)
+        self.save_hyperparameters(logger=False)
+        self.root = Path(os.path.expanduser(str(root))).resolve()
+        self.data: Cifar10Tensors | None = None
+        self.train_indices: torch.Tensor | None = None
+        self.val_indices: torch.Tensor | None = None
+        self.classes = CLASSES
+        self.num_classes = len(CLASSES)
+
+    # ---------------------------------------------------------------- preparing and caching
+
+    def prepare_data(self) -> None:
+        """Find (or download) the dataset and decode it into the cache; runs on one process per node."""
+        source = self._locate()
+        if self.hparams.cache:
+            self._load_or_build_cache(source)
+
+    def _locate(self) -> Source:
+        source = find_source(self.root)
+        if source is not None:
+            return source
+        if not self.hparams.download:
+            raise UserError(
+                f"No CIFAR-10 found at {self.root}; set data.root (or CVEXP_DATA) to a folder that "
+                "holds it, or pass data.download=true to fetch it."
+            )
+        download_official(self.root, url=self.hparams.download_url)
+        return find_source(self.root)
+
+    def _cache_path(self, source: Source) -> Path:
+        return self.root / CACHE_DIR / f"{source.kind}-{source.fingerprint()}.pt"
+
+    def _load_or_build_cache(self, source: Source) -> Cifar10Tensors:
+        path = self._cache_path(source)
+        if path.is_file():
+            try:
+                # mmap: ranks on one node share the page cache instead of holding a copy each
+                tensors = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                return Cifar10Tensors(**tensors)
+            except Exception:
+                warnings.warn(f"Ignoring the unreadable cache {path}; decoding again.", stacklevel=2)
+        data = read_source(source)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
+                torch.save(data.as_dict(), tmp)
+            os.replace(tmp.name, path)  # atomic: a concurrent reader never sees half a file
+        except OSError as err:
+            warnings.warn(
+                f"Could not write the decoded-data cache in {path.parent} ({err}); "
+                "decoding again next time.",
+                stacklevel=2,
+            )
+        return data
+
+    # ---------------------------------------------------------------- setup and split
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the decoded tensors; for fit/validate, make the split (identical on every rank and resume)."""
+        if self.data is None:
+            source = self._locate()
+            self.data = self._load_or_build_cache(source) if self.hparams.cache else read_source(source)
+            # evaluation order: a fixed shuffle, so that limit_test_batches sees every class
+            self.test_order = torch.randperm(len(self.data.test_labels), generator=torch.Generator().manual_seed(0))
+        if stage in (None, "fit", "validate") and self.val_indices is None:
+            self._make_split()
+
+    def _make_split(self) -> None:
+        n_train = len(self.data.train_labels)
+        if self.hparams.val_size >= n_train:
+            raise UserError(
+                f"data.val_size={self.hparams.val_size} leaves no training images (the train set "
+                f"has {n_train}); choose a value between 1 and {n_train - 1}."
+            )
+        self.train_indices, self.val_indices = stratified_split(
+            self.data.train_labels, self.hparams.val_size, self.hparams.seed
+        )
+        mix = torch.Generator().manual_seed(0)
+        self.val_order = self.val_indices[torch.randperm(len(self.val_indices), generator=mix)]
+
+    def split_record(self) -> dict[str, Any]:
+        """What identifies the validation split: its size, seed and a hash of its indices."""
+        if self.val_indices is None:
+            return {}
+        digest = hashlib.sha256(self.val_indices.to(torch.int64).numpy().tobytes()).hexdigest()
+        return {
+            "val_size": len(self.val_indices),
+            "train_size": len(self.train_indices),
+            "test_size": len(self.data.test_labels),
+            "seed": self.hparams.seed,
+            "val_indices_sha256": digest,
+        }
+
+    # ---------------------------------------------------------------- loaders
+
+    def per_device_batch_size(self, world_size: int) -> int:
+        """The global batch divided over ranks; an error when it does not divide evenly."""
+        if self.hparams.batch_size % world_size:
+            raise UserError(
+                f"data.batch_size={self.hparams.batch_size} is not divisible by the "
+                f"{world_size} devices; choose a multiple of {world_size}."
+            )
+        return self.hparams.batch_size // world_size
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _loader(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, *, train: bool) -> DataLoader:
+        rank, world = self._rank_and_world()
+        batch = self.per_device_batch_size(world)
+        if not train and self.hparams.eval_batch_size is not None:
+            batch = self.hparams.eval_batch_size
+        sampler = ShardedBatchSampler(
+            len(indices), batch, shuffle=train, drop_last=train, seed=self.hparams.seed, rank=rank, world_size=world
+        )
+        return DataLoader(
+            BatchGather(images, labels, indices),
+            sampler=sampler,
+            batch_size=None,  # the sampler yields whole batches of positions
+            num_workers=self.hparams.num_workers,
+            pin_memory=self.hparams.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled, augmented on the device, last partial batch dropped."""
+        return self._loader(self.data.train_images, self.data.train_labels, self.train_indices, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """The held-out part of the official train set, in order, not augmented."""
+        return self._loader(self.data.train_images, self.data.train_labels, self.val_order, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """The official 10,000-image test set, in order, not augmented."""
+        return self._loader(self.data.test_images, self.data.test_labels, self.test_order, train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The official test set, as for testing."""
+        return self.test_dataloader()
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 (B, H, W, C) -> float (B, C, H, W) in [0, 1], augmented only while training."""
+        images, labels = batch
+        training = self.trainer is not None and self.trainer.training
+        if training:
+            return augment_batch(images, crop_padding=self.hparams.crop_padding, hflip=self.hparams.hflip), labels
+        return to_float_chw(images), labels
+
+
+def _require_int(key: str, value: Any, *, low: int | None = None, high: int | None = None) -> None:
+    """Raise a UserError naming `key` unless `value` is an int within [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UserError(f"{key} must be an integer, got {value!r}; pass e.g. {key}=128.")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+        raise UserError(f"{key}={value} is out of range; it must be {bounds}.")

@@ -1,0 +1,367 @@
+"""Find CIFAR-10 on disk in any supported format and decode it to uint8 tensors.
+
+Supported formats, detected from what `root` holds (the user never says which):
+
+1. the official `cifar-10-python.tar.gz`, or its extracted `cifar-10-batches-py/`;
+2. an image-folder tree `train/<class>/*.{png,jpg}` and `test/<class>/*.{png,jpg}`,
+   in the official class order, or the same tree packed as a `.tar.gz` / `.tgz`.
+
+Every reader returns the images in one canonical order: by class, then in the order
+of the source (batch order, or sorted file names), so every format of the same images
+yields the same tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import re
+import tarfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from cvexp.errors import UserError
+
+CLASSES: tuple[str, ...] = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+IMAGE_SIZE = 32
+OFFICIAL_ARCHIVE = "cifar-10-python.tar.gz"
+OFFICIAL_DIR = "cifar-10-batches-py"
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class Cifar10Tensors:
+    """The decoded dataset: images (N, 32, 32, 3) uint8 and labels (N,) int64 per split."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        """The four tensors by name, for saving to the cache."""
+        return {
+            "train_images": self.train_images,
+            "train_labels": self.train_labels,
+            "test_images": self.test_images,
+            "test_labels": self.test_labels,
+        }
+
+
+@dataclass(frozen=True)
+class Source:
+    """A located copy of CIFAR-10: its format and the path that holds it."""
+
+    kind: str  # "batches-dir" | "batches-tar" | "image-dir" | "image-tar"
+    path: Path
+
+    def fingerprint(self) -> str:
+        """A hash of the names, sizes and modification times of the files behind this source.
+
+        Hidden files and folders are skipped: the decoded-data cache lives under root.
+        """
+        digest = hashlib.sha1(self.kind.encode())
+        if self.path.is_file():
+            stat = self.path.stat()
+            digest.update(f"{self.path.name}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+            return digest.hexdigest()[:16]
+        for folder, dirs, files in os.walk(self.path):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(f for f in files if not f.startswith(".")):
+                stat = os.stat(os.path.join(folder, name))
+                rel = os.path.relpath(os.path.join(folder, name), self.path)
+                digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Detection
+# ---------------------------------------------------------------------------------------------
+
+
+def find_source(root: Path) -> Source | None:
+    """Return the CIFAR-10 copy under `root`, or None when there is none."""
+    if root.is_file():
+        if _is_tar(root):
+            return Source(_tar_kind(root), root)
+        return None
+    if not root.is_dir():
+        return None
+    if all((root / name).is_file() for name in (*TRAIN_BATCHES, TEST_BATCH)):
+        return Source("batches-dir", root)
+    if (root / OFFICIAL_DIR).is_dir():
+        return Source("batches-dir", root / OFFICIAL_DIR)
+    if (root / OFFICIAL_ARCHIVE).is_file():
+        return Source("batches-tar", root / OFFICIAL_ARCHIVE)
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        return Source("image-dir", root)
+    archives = sorted(p for p in root.iterdir() if p.is_file() and _is_tar(p))
+    if len(archives) > 1:
+        names = ", ".join(p.name for p in archives)
+        raise UserError(
+            f"{root} holds several archives ({names}); keep one CIFAR-10 archive there "
+            "or point data.root at the one to use."
+        )
+    if archives:
+        return Source(_tar_kind(archives[0]), archives[0])
+    return None
+
+
+def _is_tar(path: Path) -> bool:
+    return path.name.endswith((".tar.gz", ".tgz", ".tar"))
+
+
+def _tar_kind(path: Path) -> str:
+    """Tell an official batches archive from a packed image-folder tree by its member names."""
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                parts = Path(member.name).parts
+                if OFFICIAL_DIR in parts or member.name.endswith(TRAIN_BATCHES):
+                    return "batches-tar"
+                if _image_member_key(member.name) is not None:
+                    return "image-tar"
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise UserError(
+            f"{path} is not a readable archive ({err}); delete it and download or copy it again."
+        ) from None
+    raise UserError(
+        f"{path} holds neither cifar-10-batches-py/ nor train/<class>/ and test/<class>/ "
+        "image folders; point data.root at a CIFAR-10 copy in one of those layouts."
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
+
+def read_source(source: Source) -> Cifar10Tensors:
+    """Decode a located copy into uint8 tensors, in canonical order."""
+    readers = {
+        "batches-dir": _read_batches_dir,
+        "batches-tar": _read_batches_tar,
+        "image-dir": _read_image_dir,
+        "image-tar": _read_image_tar,
+    }
+    return readers[source.kind](source.path)
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles an official batch file, refusing every global except numpy's array rebuilders."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):  # noqa: D102
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _decode_batch(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """One official batch file: (N, 32, 32, 3) uint8 images and (N,) labels."""
+    hint = (
+        f"the CIFAR-10 batch file {name} is truncated or corrupt; delete it and download "
+        "it again (data.download=true) or replace it with a good copy."
+    )
+    try:
+        batch = _BatchUnpickler(io.BytesIO(data), encoding="bytes").load()
+        images = np.asarray(batch[b"data"])
+        labels = np.asarray(batch.get(b"labels", batch.get(b"fine_labels")), dtype=np.int64)
+    except Exception:
+        raise UserError(hint[0].upper() + hint[1:]) from None
+    if images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != 3 * IMAGE_SIZE**2:
+        raise UserError(hint[0].upper() + hint[1:])
+    if labels.shape != (images.shape[0],) or labels.min() < 0 or labels.max() >= len(CLASSES):
+        raise UserError(hint[0].upper() + hint[1:])
+    # stored channel-major: (N, 3, 32, 32) -> (N, 32, 32, 3)
+    images = images.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE).transpose(0, 2, 3, 1)
+    return images, labels
+
+
+def _stack_batches(batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, ...]:
+    images, labels = zip(*batches, strict=True)
+    images_np, labels_np = np.concatenate(images), np.concatenate(labels)
+    order = np.argsort(labels_np, kind="stable")  # canonical order: by class, then source order
+    return (
+        torch.from_numpy(np.ascontiguousarray(images_np[order])),
+        torch.from_numpy(labels_np[order]),
+    )
+
+
+def _read_batches_dir(path: Path) -> Cifar10Tensors:
+    def load(name: str) -> tuple[np.ndarray, np.ndarray]:
+        file = path / name
+        if not file.is_file():
+            raise UserError(
+                f"{path} lacks the batch file {name}; download CIFAR-10 again "
+                "(data.download=true) or copy the complete cifar-10-batches-py/ folder."
+            )
+        return _decode_batch(file.read_bytes(), str(file))
+
+    train = _stack_batches(load(name) for name in TRAIN_BATCHES)
+    test = _stack_batches([load(TEST_BATCH)])
+    return Cifar10Tensors(*train, *test)
+
+
+def _read_batches_tar(path: Path) -> Cifar10Tensors:
+    found: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                name = Path(member.name).name
+                if member.isfile() and name in (*TRAIN_BATCHES, TEST_BATCH):
+                    found[name] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise UserError(
+            f"The archive {path} is truncated or corrupt ({err}); delete it and download it "
+            "again (data.download=true) or replace it with a good copy."
+        ) from None
+    missing = [n for n in (*TRAIN_BATCHES, TEST_BATCH) if n not in found]
+    if missing:
+        raise UserError(
+            f"The archive {path} lacks {', '.join(missing)}; delete it and download it again "
+            "(data.download=true)."
+        )
+    train = _stack_batches(_decode_batch(found[n], f"{path}:{n}") for n in TRAIN_BATCHES)
+    test = _stack_batches([_decode_batch(found[TEST_BATCH], f"{path}:{TEST_BATCH}")])
+    return Cifar10Tensors(*train, *test)
+
+
+def _decode_image(data: bytes, name: str) -> np.ndarray:
+    """One image file as (32, 32, 3) uint8."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            array = np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise UserError(
+            f"{name} is not a readable image; remove it or replace it with a good copy."
+        ) from None
+    if array.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
+        raise UserError(
+            f"{name} is {array.shape[1]}x{array.shape[0]} pixels; CIFAR-10 images must be "
+            f"{IMAGE_SIZE}x{IMAGE_SIZE}, so resize it or remove it."
+        )
+    return array
+
+
+def _stack_images(
+    split: str, origin: str, per_class: dict[str, list[tuple[str, np.ndarray]]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    missing = [c for c in CLASSES if not per_class.get(c)]
+    if missing:
+        raise UserError(
+            f"{origin} has no {split} images for class {', '.join(missing)}; the image-folder "
+            f"layout needs {split}/<class>/ for all ten classes ({', '.join(CLASSES)})."
+        )
+    images, labels = [], []
+    for label, name in enumerate(CLASSES):
+        for _, array in sorted(per_class[name], key=lambda item: item[0]):
+            images.append(array)
+            labels.append(label)
+    return torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64)
+
+
+def _check_class_dirs(split_dir: Path) -> None:
+    unknown = sorted(
+        p.name for p in split_dir.iterdir() if p.is_dir() and p.name not in CLASSES
+    )
+    if unknown:
+        raise UserError(
+            f"{split_dir} has folders that are not CIFAR-10 classes ({', '.join(unknown)}); "
+            f"the class folders must be named {', '.join(CLASSES)}."
+        )
+
+
+def _image_files(class_dir: Path) -> Iterator[Path]:
+    for file in sorted(class_dir.iterdir()):
+        if file.name.startswith(".") or not file.is_file():
+            continue
+        if file.suffix.lower() not in IMAGE_SUFFIXES:
+            raise UserError(
+                f"{file} is not an image (.png or .jpg); remove it from the dataset folder."
+            )
+        yield file
+
+
+def _read_image_dir(path: Path) -> Cifar10Tensors:
+    tensors: list[torch.Tensor] = []
+    for split in SPLITS:
+        split_dir = path / split
+        _check_class_dirs(split_dir)
+        per_class = {
+            name: [(f.name, _decode_image(f.read_bytes(), str(f))) for f in _image_files(d)]
+            for name in CLASSES
+            if (d := split_dir / name).is_dir()
+        }
+        tensors.extend(_stack_images(split, str(path), per_class))
+    return Cifar10Tensors(*tensors)
+
+
+_MEMBER = re.compile(r"^(?:.*/)?(train|test)/([^/]+)/([^/]+)$")
+
+
+def _image_member_key(name: str) -> tuple[str, str, str] | None:
+    """(split, class, file name) for an archive member inside train/<class>/ or test/<class>/."""
+    match = _MEMBER.match(name.lstrip("./"))
+    return match.groups() if match else None  # type: ignore[return-value]
+
+
+def _read_image_tar(path: Path) -> Cifar10Tensors:
+    per_split: dict[str, dict[str, list[tuple[str, np.ndarray]]]] = {s: {} for s in SPLITS}
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                key = _image_member_key(member.name)
+                if key is None or not member.isfile():
+                    continue
+                split, cls, filename = key
+                if filename.startswith("."):
+                    continue
+                label = f"{path}:{member.name}"
+                if cls not in CLASSES:
+                    raise UserError(
+                        f"{label} is in a folder that is not a CIFAR-10 class; the class "
+                        f"folders must be named {', '.join(CLASSES)}."
+                    )
+                if Path(filename).suffix.lower() not in IMAGE_SUFFIXES:
+                    raise UserError(
+                        f"{label} is not an image (.png or .jpg); remove it from the archive."
+                    )
+                data = tar.extractfile(member).read()
+                per_split[split].setdefault(cls, []).append((filename, _decode_image(data, label)))
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise UserError(
+            f"The archive {path} is truncated or corrupt ({err}); copy or download it again."
+        ) from None
+    tensors: list[torch.Tensor] = []
+    for split in SPLITS:
+        tensors.extend(_stack_images(split, str(path), per_split[split]))
+    return Cifar10Tensors(*tensors)
