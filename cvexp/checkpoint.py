@@ -30,9 +30,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(
             f"{file} is not a PyTorch checkpoint (it cannot be unpickled); check ckpt_path."
         ) from None
-    except Exception as err:  # garbage makes the unpickler fail in many ways (KeyError, EOFError, ...)
+    except (
+        Exception
+    ) as err:  # garbage makes the unpickler fail in many ways (KeyError, EOFError, ...)
         first_line = (str(err).splitlines() or [type(err).__name__])[0]
-        raise UserError(f"{file} is not a readable PyTorch checkpoint ({first_line}); check ckpt_path.") from None
+        raise UserError(
+            f"{file} is not a readable PyTorch checkpoint ({first_line}); check ckpt_path."
+        ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise UserError(
             f"{file} is not a Lightning checkpoint (it has no state_dict); check ckpt_path."

@@ -11,11 +11,19 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from cvexp.app import CONFIG_PATH, VERSION_BASE, exit_on_user_error, register_resolvers
+from cvexp.app import (
+    CONFIG_PATH,
+    VERSION_BASE,
+    exit_on_user_error,
+    register_resolvers,
+    user_error_message,
+)
 from cvexp.callbacks.run_summary import RunSummary
 from cvexp.checkpoint import read_checkpoint
+from cvexp.data import CIFAR10DataModule
 from cvexp.module import ImageClassifier, build_classifier
 
 
@@ -83,36 +91,64 @@ def test_best_checkpoint(
     }
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit, then test the best checkpoint on the official test set; returns the run's summary.
-
-    summary.json is written in every case: completed, stopped early, failed or interrupted.
-    """
-    run_dir = Path(cfg.paths.output_dir)
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
-
-    datamodule: L.LightningDataModule = instantiate(cfg.data)
-    classifier = build_classifier(cfg.model)
-    summary_callback = RunSummary(run_dir / "summary.json")
-    callbacks: list[Callback] = [*instantiate_group(cfg.get("callbacks")), summary_callback]
+def build_trainer(
+    cfg: DictConfig, extra_callbacks: list[Callback]
+) -> tuple[L.Trainer, list[Logger]]:
+    """The Trainer with the configured callbacks and loggers, plus `extra_callbacks`."""
+    callbacks: list[Callback] = [*instantiate_group(cfg.get("callbacks")), *extra_callbacks]
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar callback then
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers: list[Logger] = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    datamodule.per_device_batch_size(trainer.world_size)  # fail before any process starts
+    return trainer, loggers
 
-    checkpointing = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
-    early_stopping = next((c for c in callbacks if isinstance(c, EarlyStopping)), None)
+
+def log_hparams_with_results(
+    loggers: list[Logger], cfg: DictConfig, summary: dict[str, Any]
+) -> None:
+    """Fill TensorBoard's HPARAMS tab once, at the end, with the real best val/acc and test/acc."""
+    metrics = {
+        "hp/best_val_acc": summary.get("best_val_acc"),
+        "hp/test_acc": summary.get("test_acc"),
+    }
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(
+                hparams_for_tensorboard(cfg), {k: v for k, v in metrics.items() if v is not None}
+            )
+            logger.finalize("success")
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, then test the best checkpoint on the official test set; returns the run's summary.
+
+    summary.json is written in every case: completed, stopped early, failed (with the
+    error) or interrupted, also when the run fails before training starts.
+    """
+    run_dir = Path(cfg.paths.output_dir)
+    summary_callback = RunSummary(run_dir / "summary.json")
     fields: dict[str, Any] = {
         "status": "failed",
         **run_choices(),
-        "params": sum(p.numel() for p in classifier.net.parameters()),
-        "trainable_params": sum(p.numel() for p in classifier.net.parameters() if p.requires_grad),
         "seed": cfg.get("seed"),
         "run_dir": str(run_dir),
     }
+    datamodule = trainer = checkpointing = None
+    loggers: list[Logger] = []
     try:
+        if cfg.get("seed") is not None:
+            L.seed_everything(cfg.seed, workers=True)
+        datamodule = instantiate(cfg.data)
+        classifier = build_classifier(cfg.model)
+        fields["params"] = sum(p.numel() for p in classifier.net.parameters())
+        fields["trainable_params"] = sum(
+            p.numel() for p in classifier.net.parameters() if p.requires_grad
+        )
+        trainer, loggers = build_trainer(cfg, [summary_callback])
+        datamodule.per_device_batch_size(trainer.world_size)  # fail before any process starts
+        checkpointing = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+        early_stopping = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
+
         trainer.fit(classifier, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         fields.update(
             best_model_path=_best_path(checkpointing), last_model_path=_last_path(checkpointing)
@@ -129,26 +165,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     except (KeyboardInterrupt, SystemExit):
         fields["status"] = "interrupted"
         raise
+    except BaseException as error:
+        fields["error"] = user_error_message(error) or f"{type(error).__name__}: {error}"
+        raise
     finally:
+        fields.setdefault("params", None)
         fields.setdefault("test_acc", None)
         fields.setdefault("best_model_path", _best_path(checkpointing))
         fields.setdefault("last_model_path", _last_path(checkpointing))
-        fields["epochs_run"] = trainer.current_epoch
-        fields["split"] = datamodule.split_record() if hasattr(datamodule, "split_record") else {}
-        if trainer.global_rank == 0:
-            summary = summary_callback.write(fields)
-            for logger in loggers:
-                if isinstance(logger, TensorBoardLogger):
-                    metrics = {
-                        "hp/best_val_acc": summary["best_val_acc"],
-                        "hp/test_acc": summary["test_acc"],
-                    }
-                    logger.log_hyperparams(
-                        hparams_for_tensorboard(cfg),
-                        {k: v for k, v in metrics.items() if v is not None},
-                    )
-                    logger.finalize("success")
-    return summary if trainer.global_rank == 0 else fields
+        fields["epochs_run"] = trainer.current_epoch if trainer is not None else 0
+        fields["split"] = (
+            datamodule.split_record() if isinstance(datamodule, CIFAR10DataModule) else {}
+        )
+        if rank_zero_only.rank == 0:
+            fields = summary_callback.write(fields)
+            log_hparams_with_results(loggers, cfg, fields)
+    return fields
 
 
 register_resolvers()

@@ -65,7 +65,9 @@ def test_train_cli_writes_the_run_directory(finished_run) -> None:
 
 def test_eval_cli_writes_metrics_per_class_accuracy_and_confusion_matrix(finished_run) -> None:
     cwd, _, summary = finished_run
-    result = run_cli("cvexp-eval", f"ckpt_path={summary['best_model_path']}", "trainer.accelerator=cpu", cwd=cwd)
+    result = run_cli(
+        "cvexp-eval", f"ckpt_path={summary['best_model_path']}", "trainer.accelerator=cpu", cwd=cwd
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     (eval_dir,) = list((cwd / "outputs" / "eval").glob("*/*"))
     metrics = json.loads((eval_dir / "metrics.json").read_text())
@@ -90,15 +92,25 @@ def test_fresh_dir_never_reuses_a_directory(tmp_path: Path) -> None:
 
 BAD_TRAIN_INPUTS = [
     pytest.param(["model=resnet999"], ["model", "resnet999", "vgg16_bn"], id="unknown-model"),
-    pytest.param(["data.root=./nowhere"], ["No CIFAR-10 found", "data.download=true"], id="missing-dataset"),
     pytest.param(
-        ["data.root=./empty", "data.download=true", "+data.download_url=http://127.0.0.1:9/cifar-10-python.tar.gz"],
+        ["data.root=./nowhere"], ["No CIFAR-10 found", "data.download=true"], id="missing-dataset"
+    ),
+    pytest.param(
+        [
+            "data.root=./empty",
+            "data.download=true",
+            "+data.download_url=http://127.0.0.1:9/cifar-10-python.tar.gz",
+        ],
         ["Could not download CIFAR-10", "may be offline", "CVEXP_DATA"],
         id="download-without-network",
     ),
     pytest.param(["data.val_size=0"], ["data.val_size=0 is out of range"], id="val-size-zero"),
-    pytest.param(["data.val_size=-3"], ["data.val_size=-3 is out of range"], id="val-size-negative"),
-    pytest.param(["data.val_size=50000"], ["data.val_size=50000 is out of range"], id="val-size-too-big"),
+    pytest.param(
+        ["data.val_size=-3"], ["data.val_size=-3 is out of range"], id="val-size-negative"
+    ),
+    pytest.param(
+        ["data.val_size=50000"], ["data.val_size=50000 is out of range"], id="val-size-too-big"
+    ),
     pytest.param(["data.batch_size=abc"], ["data.batch_size must be an integer"], id="wrong-type"),
     pytest.param(
         ["trainer.devices=2", "trainer.strategy=ddp", "data.batch_size=9"],
@@ -115,6 +127,9 @@ def test_bad_train_input_gets_one_clear_sentence(finished_run, overrides, fragme
     result = run_cli("cvexp-train", *TINY, *overrides, cwd=cwd)
     assert_one_clear_error(result, *fragments)
     assert snapshot(run_dir) == before  # an earlier run is never touched
+    failed = [p for p in (cwd / "outputs").glob("*/*/summary.json") if p.parent != run_dir]
+    for summary in failed:  # a run that failed after Hydra made its directory records why
+        assert json.loads(summary.read_text())["status"] == "failed"
 
 
 def test_truncated_batch_file_through_the_cli(tmp_path: Path, tiny) -> None:
@@ -145,5 +160,7 @@ def test_bad_checkpoints_for_eval(finished_run, tmp_path: Path) -> None:
     ]
     for path, fragment in cases:
         result = run_cli("cvexp-eval", f"ckpt_path={path}", cwd=cwd)
-        assert_one_clear_error(result, fragment, "ckpt_path" if "fit" not in fragment else "another model")
+        assert_one_clear_error(
+            result, fragment, "ckpt_path" if "fit" not in fragment else "another model"
+        )
     assert snapshot(run_dir) == before

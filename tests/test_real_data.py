@@ -14,7 +14,9 @@ from tests.conftest import SHARED_ARCHIVE
 pytestmark = [
     pytest.mark.real_data,
     pytest.mark.slow,
-    pytest.mark.skipif(not SHARED_ARCHIVE.is_file(), reason=f"no CIFAR-10 copy at {SHARED_ARCHIVE}"),
+    pytest.mark.skipif(
+        not SHARED_ARCHIVE.is_file(), reason=f"no CIFAR-10 copy at {SHARED_ARCHIVE}"
+    ),
 ]
 
 
@@ -44,6 +46,7 @@ def test_vgg16_bn_learns_on_the_real_copy(compose_train, real_root: Path) -> Non
         "trainer.limit_train_batches=60",
         "trainer.limit_val_batches=8",
         "trainer.limit_test_batches=8",
+        "model.optimizer.lr=0.02",
     )
     summary = train(cfg)
     assert summary["status"] == "completed"

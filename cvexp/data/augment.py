@@ -11,7 +11,9 @@ def to_float_chw(images: torch.Tensor) -> torch.Tensor:
     return images.permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def random_crop(
+    images: torch.Tensor, padding: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Zero-pad each image by `padding` pixels and crop it back at an independent random offset.
 
     images: (B, C, H, W), any dtype.
@@ -34,7 +36,9 @@ def random_hflip(images: torch.Tensor, generator: torch.Generator | None = None)
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
-def augment_batch(images: torch.Tensor, *, crop_padding: int = 4, hflip: bool = True) -> torch.Tensor:
+def augment_batch(
+    images: torch.Tensor, *, crop_padding: int = 4, hflip: bool = True
+) -> torch.Tensor:
     """The standard CIFAR training augmentation on a uint8 batch: (B, H, W, C) -> (B, C, H, W) float."""
     x = images.permute(0, 3, 1, 2)  # (B, C, H, W) uint8
     x = random_crop(x, crop_padding)

@@ -57,7 +57,12 @@ class ShardedBatchSampler:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        self.size, self.batch_size, self.shuffle, self.drop_last = size, batch_size, shuffle, drop_last
+        self.size, self.batch_size, self.shuffle, self.drop_last = (
+            size,
+            batch_size,
+            shuffle,
+            drop_last,
+        )
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch = 0
 
@@ -87,7 +92,9 @@ class ShardedBatchSampler:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
 
-def stratified_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def stratified_split(
+    labels: torch.Tensor, val_size: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Split indices into (train, val), with `val_size` val images spread over classes in proportion.
 
     Per-class counts follow the largest-remainder rule, so they sum to exactly `val_size`.
@@ -180,7 +187,9 @@ class CIFAR10DataModule(L.LightningDataModule):
                 tensors = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
                 return Cifar10Tensors(**tensors)
             except Exception:
-                warnings.warn(f"Ignoring the unreadable cache {path}; decoding again.", stacklevel=2)
+                warnings.warn(
+                    f"Ignoring the unreadable cache {path}; decoding again.", stacklevel=2
+                )
         data = read_source(source)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -201,9 +210,13 @@ class CIFAR10DataModule(L.LightningDataModule):
         """Load the decoded tensors; for fit/validate, make the split (identical on every rank and resume)."""
         if self.data is None:
             source = self._locate()
-            self.data = self._load_or_build_cache(source) if self.hparams.cache else read_source(source)
+            self.data = (
+                self._load_or_build_cache(source) if self.hparams.cache else read_source(source)
+            )
             # evaluation order: a fixed shuffle, so that limit_test_batches sees every class
-            self.test_order = torch.randperm(len(self.data.test_labels), generator=torch.Generator().manual_seed(0))
+            self.test_order = torch.randperm(
+                len(self.data.test_labels), generator=torch.Generator().manual_seed(0)
+            )
         if stage in (None, "fit", "validate") and self.val_indices is None:
             self._make_split()
 
@@ -248,13 +261,21 @@ class CIFAR10DataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def _loader(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, *, train: bool) -> DataLoader:
+    def _loader(
+        self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, *, train: bool
+    ) -> DataLoader:
         rank, world = self._rank_and_world()
         batch = self.per_device_batch_size(world)
         if not train and self.hparams.eval_batch_size is not None:
             batch = self.hparams.eval_batch_size
         sampler = ShardedBatchSampler(
-            len(indices), batch, shuffle=train, drop_last=train, seed=self.hparams.seed, rank=rank, world_size=world
+            len(indices),
+            batch,
+            shuffle=train,
+            drop_last=train,
+            seed=self.hparams.seed,
+            rank=rank,
+            world_size=world,
         )
         return DataLoader(
             BatchGather(images, labels, indices),
@@ -267,26 +288,36 @@ class CIFAR10DataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled, augmented on the device, last partial batch dropped."""
-        return self._loader(self.data.train_images, self.data.train_labels, self.train_indices, train=True)
+        return self._loader(
+            self.data.train_images, self.data.train_labels, self.train_indices, train=True
+        )
 
     def val_dataloader(self) -> DataLoader:
         """The held-out part of the official train set, in order, not augmented."""
-        return self._loader(self.data.train_images, self.data.train_labels, self.val_order, train=False)
+        return self._loader(
+            self.data.train_images, self.data.train_labels, self.val_order, train=False
+        )
 
     def test_dataloader(self) -> DataLoader:
         """The official 10,000-image test set, in order, not augmented."""
-        return self._loader(self.data.test_images, self.data.test_labels, self.test_order, train=False)
+        return self._loader(
+            self.data.test_images, self.data.test_labels, self.test_order, train=False
+        )
 
     def predict_dataloader(self) -> DataLoader:
         """The official test set, as for testing."""
         return self.test_dataloader()
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def on_after_batch_transfer(
+        self, batch: Any, dataloader_idx: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 (B, H, W, C) -> float (B, C, H, W) in [0, 1], augmented only while training."""
         images, labels = batch
         training = self.trainer is not None and self.trainer.training
         if training:
-            return augment_batch(images, crop_padding=self.hparams.crop_padding, hflip=self.hparams.hflip), labels
+            return augment_batch(
+                images, crop_padding=self.hparams.crop_padding, hflip=self.hparams.hflip
+            ), labels
         return to_float_chw(images), labels
 
 

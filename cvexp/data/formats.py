@@ -171,15 +171,17 @@ def read_source(source: Source) -> Cifar10Tensors:
 class _BatchUnpickler(pickle.Unpickler):
     """Unpickles an official batch file, refusing every global except numpy's array rebuilders."""
 
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("_codecs", "encode"),
-    }
+    ALLOWED = frozenset(
+        {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("_codecs", "encode"),
+        }
+    )
 
-    def find_class(self, module: str, name: str):  # noqa: D102
+    def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
         return super().find_class(module, name)
@@ -290,9 +292,7 @@ def _stack_images(
 
 
 def _check_class_dirs(split_dir: Path) -> None:
-    unknown = sorted(
-        p.name for p in split_dir.iterdir() if p.is_dir() and p.name not in CLASSES
-    )
+    unknown = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and p.name not in CLASSES)
     if unknown:
         raise UserError(
             f"{split_dir} has folders that are not CIFAR-10 classes ({', '.join(unknown)}); "
