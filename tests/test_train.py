@@ -155,3 +155,14 @@ def test_early_stopping_is_reported(compose_train) -> None:
     )
     assert summary["status"] == "stopped_early"
     assert summary["epochs_run"] < 5
+
+
+def test_interrupted_run_says_so(compose_train, tmp_path: Path, monkeypatch) -> None:
+    def ctrl_c(self, batch, batch_idx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("cvexp.module.ImageClassifier.training_step", ctrl_c)
+    with pytest.raises((SystemExit, KeyboardInterrupt)):  # Lightning turns Ctrl+C into exit status 1
+        train(compose_train("trainer.max_epochs=1"))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
