@@ -162,7 +162,9 @@ def test_interrupted_run_says_so(compose_train, tmp_path: Path, monkeypatch) -> 
         raise KeyboardInterrupt
 
     monkeypatch.setattr("cvexp.module.ImageClassifier.training_step", ctrl_c)
-    with pytest.raises((SystemExit, KeyboardInterrupt)):  # Lightning turns Ctrl+C into exit status 1
+    with pytest.raises(
+        (SystemExit, KeyboardInterrupt)
+    ):  # Lightning turns Ctrl+C into exit status 1
         train(compose_train("trainer.max_epochs=1"))
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "interrupted"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import v2
 
 
 def to_float_chw(images: torch.Tensor) -> torch.Tensor:
@@ -36,12 +37,32 @@ def random_hflip(images: torch.Tensor, generator: torch.Generator | None = None)
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
+def rand_augment(images: torch.Tensor, *, num_ops: int, magnitude: int) -> torch.Tensor:
+    """torchvision's RandAugment with independent ops per image.  images: (B, C, H, W) uint8.
+
+    torchvision applies one draw of ops to a whole batch tensor, so each image is transformed
+    on its own; the images stay on their device.
+    """
+    op = v2.RandAugment(num_ops=num_ops, magnitude=magnitude)
+    return torch.stack([op(image) for image in images])  # (B, C, H, W)
+
+
 def augment_batch(
-    images: torch.Tensor, *, crop_padding: int = 4, hflip: bool = True
+    images: torch.Tensor,
+    *,
+    crop_padding: int = 4,
+    hflip: bool = True,
+    randaugment_ops: int = 0,
+    randaugment_magnitude: int = 9,
 ) -> torch.Tensor:
-    """The standard CIFAR training augmentation on a uint8 batch: (B, H, W, C) -> (B, C, H, W) float."""
+    """Training augmentation on a uint8 batch: (B, H, W, C) -> (B, C, H, W) float in [0, 1].
+
+    Random crop with zero padding, horizontal flip, and (when randaugment_ops > 0) RandAugment.
+    """
     x = images.permute(0, 3, 1, 2)  # (B, C, H, W) uint8
     x = random_crop(x, crop_padding)
     if hflip:
         x = random_hflip(x)
+    if randaugment_ops > 0:
+        x = rand_augment(x.contiguous(), num_ops=randaugment_ops, magnitude=randaugment_magnitude)
     return x.float().div_(255.0)

@@ -137,6 +137,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         seed: int = 42,
         crop_padding: int = 4,
         hflip: bool = True,
+        randaugment_ops: int = 0,
+        randaugment_magnitude: int = 9,
         cache: bool = True,
         download_url: str = OFFICIAL_URL,
     ) -> None:
@@ -147,6 +149,8 @@ class CIFAR10DataModule(L.LightningDataModule):
             _require_int("data.eval_batch_size", eval_batch_size, low=1)
         _require_int("data.num_workers", num_workers, low=0)
         _require_int("data.crop_padding", crop_padding, low=0)
+        _require_int("data.randaugment_ops", randaugment_ops, low=0)
+        _require_int("data.randaugment_magnitude", randaugment_magnitude, low=0, high=30)
         _require_int("seed", seed)
         self.save_hyperparameters(logger=False)
         self.root = Path(os.path.expanduser(str(root))).resolve()
@@ -315,9 +319,14 @@ class CIFAR10DataModule(L.LightningDataModule):
         images, labels = batch
         training = self.trainer is not None and self.trainer.training
         if training:
-            return augment_batch(
-                images, crop_padding=self.hparams.crop_padding, hflip=self.hparams.hflip
-            ), labels
+            augmented = augment_batch(
+                images,
+                crop_padding=self.hparams.crop_padding,
+                hflip=self.hparams.hflip,
+                randaugment_ops=self.hparams.randaugment_ops,
+                randaugment_magnitude=self.hparams.randaugment_magnitude,
+            )
+            return augmented, labels
         return to_float_chw(images), labels
 
 

@@ -1,0 +1,1 @@
+"""Speed measurements: each figure is a ratio measured side by side in one process."""
