@@ -9,7 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -38,9 +40,20 @@ def fresh_dir(path: str) -> str:
             candidate = f"{path}-{n}"
 
 
+def path_safe(text: str) -> str:
+    """`text` usable as one directory name: '/' and characters shells dislike become '_'."""
+    return "".join(c if c.isalnum() or c in "=,._-+" else "_" for c in str(text)) or "default"
+
+
 def register_resolvers() -> None:
     """Register cvexp's OmegaConf resolvers (idempotent)."""
     OmegaConf.register_new_resolver("fresh_dir", fresh_dir, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("path_safe", path_safe, replace=True)
+
+
+def in_multirun() -> bool:
+    """Whether this process runs a job of a Hydra sweep (-m)."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def user_error_message(error: BaseException) -> str | None:
@@ -62,6 +75,8 @@ def user_error_message(error: BaseException) -> str | None:
 def exit_on_user_error(task: Callable[..., Any]) -> Callable[..., Any]:
     """Turn a UserError (or a config error) into one line on stderr and exit status 2.
 
+    In a sweep the other jobs still run; SweepReport exits non-zero at the end instead.
+
     HYDRA_FULL_ERROR=1 keeps the full traceback, for debugging.
     """
 
@@ -74,6 +89,8 @@ def exit_on_user_error(task: Callable[..., Any]) -> Callable[..., Any]:
             if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
+            if in_multirun():  # let the sweep go on; the job's summary.json says it failed
+                return None
             sys.exit(2)
 
     return wrapper

@@ -1,0 +1,151 @@
+"""Sweeps and cvexp-compare: real multiruns as subprocesses, the table, the graph, failing jobs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from PIL import Image
+
+from cvexp.compare import compare
+from cvexp.errors import UserError
+from tests.conftest import run_cli, write_batches_dir
+
+EXPERIMENTS = sorted(
+    p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "experiment").glob("*.yaml")
+)
+TINY = [
+    "debug=default",
+    "data.download=false",
+    "data.val_size=40",
+    "data.batch_size=8",
+    "trainer.limit_train_batches=2",
+    "trainer.max_epochs=2",
+    "trainer.enable_progress_bar=false",
+]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, tiny) -> tuple[Path, Path]:
+    """`cvexp-train -m model=vgg16,vgg16_bn seed=1,2` on tiny data: (cwd, sweep dir)."""
+    cwd = tmp_path_factory.mktemp("sweep")
+    write_batches_dir(cwd / "data", tiny)
+    result = run_cli("cvexp-train", "-m", "model=vgg16,vgg16_bn", "seed=1,2", *TINY, cwd=cwd)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (sweep_dir,) = list((cwd / "multirun").glob("*/*"))
+    return cwd, sweep_dir
+
+
+def test_sweep_jobs_get_readable_directories(sweep) -> None:
+    _, sweep_dir = sweep
+    jobs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
+    # the job number, then the job's overrides (paths and presets left out)
+    expected = [
+        "model=vgg16,seed=1",
+        "model=vgg16,seed=2",
+        "model=vgg16_bn,seed=1",
+        "model=vgg16_bn,seed=2",
+    ]
+    assert len(jobs) == 4
+    for number, (job, overrides) in enumerate(zip(jobs, expected, strict=True)):
+        assert job.startswith(f"{number}_") and overrides in job
+        assert "data.root" not in job and "debug" not in job
+    for job in jobs:
+        for part in (".hydra", "checkpoints", "tensorboard", "summary.json"):
+            assert (sweep_dir / job / part).exists(), f"{job}/{part}"
+
+
+def test_compare_writes_the_table_and_the_graph(sweep) -> None:
+    cwd, sweep_dir = sweep
+    result = run_cli("cvexp-compare", str(sweep_dir), cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    assert "| configuration |" in result.stdout  # the printed table
+    with (sweep_dir / "results.csv").open() as f:
+        rows = {row["configuration"]: row for row in csv.DictReader(f)}
+    assert set(rows) == {"model=vgg16", "model=vgg16_bn"}
+    for model, row in rows.items():
+        assert row["n"] == "2"
+        summaries = [
+            json.loads((job / "summary.json").read_text())
+            for job in sweep_dir.glob(f"*,{model},seed=*")
+        ]
+        assert len(summaries) == 2
+        for key in ("best_val_acc", "test_acc"):
+            values = [s[key] for s in summaries]
+            assert float(row[f"{key}_mean"]) == pytest.approx(statistics.fmean(values))
+            assert float(row[f"{key}_std"]) == pytest.approx(statistics.stdev(values))
+    # VGG16's 13 convs at 32x32 are 313.2M multiply-accumulates; the 512-wide head adds 0.5M
+    assert float(rows["model=vgg16"]["MMACs_per_image"]) == pytest.approx(313.2, rel=0.01)
+    assert float(rows["model=vgg16"]["GFLOPs_per_image"]) == pytest.approx(
+        2 * 313.2 / 1000, rel=0.01
+    )
+    # BN adds a scale and a shift per channel and removes the conv biases: 4224 channels in all
+    bn_extra = float(rows["model=vgg16_bn"]["params_M"]) - float(rows["model=vgg16"]["params_M"])
+    assert bn_extra * 1e6 == pytest.approx(4224)
+    with Image.open(sweep_dir / "convergence.png") as image:
+        image.load()
+        assert image.size[0] > 1000
+    assert "± " in (sweep_dir / "results.md").read_text()
+
+
+def test_compare_reads_single_runs_and_other_metrics(sweep, tmp_path: Path) -> None:
+    _, sweep_dir = sweep
+    jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
+    out = compare([jobs[0], jobs[2]], out_dir=tmp_path / "ab", metric="val/loss")
+    assert len(out["rows"]) == 2
+    assert all(row["best_val/loss_mean"] is not None for row in out["rows"])
+    assert (tmp_path / "ab" / "convergence.png").is_file()
+
+
+def test_a_failing_job_does_not_stop_the_sweep(tmp_path: Path, tiny) -> None:
+    write_batches_dir(tmp_path / "data", tiny)
+    # depth 17 is no VGG: that job fails when its network is built, the other one trains
+    result = run_cli("cvexp-train", "-m", "model.net.depth=17,16", *TINY, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "VGG depth must be one of" in result.stderr
+    (sweep_dir,) = list((tmp_path / "multirun").glob("*/*"))
+    statuses = {
+        p.name: json.loads((p / "summary.json").read_text())["status"]
+        for p in sweep_dir.iterdir()
+        if p.is_dir()
+    }
+    assert sorted(statuses.values()) == ["completed", "failed"]
+    assert next(s for name, s in statuses.items() if "model.net.depth=17" in name) == "failed"
+    assert "1 failed" in result.stderr or "failed:" in result.stderr
+    table = compare([sweep_dir])["rows"]
+    assert {row["status"] for row in table} == {"1 failed", "1 completed"}
+
+
+def test_two_sweeps_in_the_same_second_do_not_collide(tmp_path: Path) -> None:
+    from cvexp.app import fresh_dir
+
+    first = fresh_dir(str(tmp_path / "multirun" / "2026-11-26" / "12-00-00"))
+    second = fresh_dir(str(tmp_path / "multirun" / "2026-11-26" / "12-00-00"))
+    assert first != second
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes(experiment: str) -> None:
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="cvexp.conf", version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert "model" in params and "seed" in params
+    GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize("bad", ["missing", "empty"])
+def test_compare_on_nothing_is_a_clear_error(tmp_path: Path, bad: str) -> None:
+    target = tmp_path / bad
+    if bad == "empty":
+        target.mkdir()
+    with pytest.raises(UserError, match="run directory or a sweep directory"):
+        compare([target])
+    result = run_cli("cvexp-compare", str(target), cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
