@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import sys
 from collections.abc import Callable
@@ -40,9 +41,16 @@ def fresh_dir(path: str) -> str:
             candidate = f"{path}-{n}"
 
 
-def path_safe(text: str) -> str:
-    """`text` usable as one directory name: '/' and characters shells dislike become '_'."""
-    return "".join(c if c.isalnum() or c in "=,._-+" else "_" for c in str(text)) or "default"
+def path_safe(text: str, max_length: int = 120) -> str:
+    """`text` usable as one directory name.
+
+    '/' and characters shells dislike become '_'; a name longer than `max_length` is cut
+    and ends with a hash of the whole, so it stays unique and under the file-system limit.
+    """
+    safe = "".join(c if c.isalnum() or c in "=,._-+" else "_" for c in str(text)) or "default"
+    if len(safe) > max_length:
+        safe = f"{safe[: max_length - 9]}-{hashlib.sha1(safe.encode()).hexdigest()[:8]}"
+    return safe
 
 
 def register_resolvers() -> None:
@@ -90,7 +98,7 @@ def exit_on_user_error(task: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
             if in_multirun():  # let the sweep go on; the job's summary.json says it failed
-                return None
+                return float("nan")  # no metric: a sweeper such as Optuna marks the trial failed
             sys.exit(2)
 
     return wrapper

@@ -188,9 +188,10 @@ register_resolvers()
 
 @hydra.main(version_base=VERSION_BASE, config_path=CONFIG_PATH, config_name="train")
 @exit_on_user_error
-def main(cfg: DictConfig) -> float | None:
-    """Console entry point `cvexp-train`; returns the best val accuracy for sweepers."""
-    return train(cfg).get("best_val_acc")
+def main(cfg: DictConfig) -> float:
+    """Console entry point `cvexp-train`; returns the best val accuracy (NaN if none) for sweepers."""
+    best = train(cfg).get("best_val_acc")
+    return float("nan") if best is None else float(best)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cvexp.app import fresh_dir
+from cvexp.app import fresh_dir, path_safe
 from tests.conftest import run_cli
 
 TINY = [
@@ -164,3 +164,10 @@ def test_bad_checkpoints_for_eval(finished_run, tmp_path: Path) -> None:
             result, fragment, "ckpt_path" if "fit" not in fragment else "another model"
         )
     assert snapshot(run_dir) == before
+
+
+def test_path_safe_names_are_short_unique_and_flat() -> None:
+    assert path_safe("model=vgg16,seed=1") == "model=vgg16,seed=1"
+    assert "/" not in path_safe("data.root=/a/b")
+    long_a, long_b = "x=" + "1" * 300, "x=" + "1" * 299 + "2"
+    assert len(path_safe(long_a)) == 120 and path_safe(long_a) != path_safe(long_b)

@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
@@ -149,3 +150,27 @@ def test_compare_on_nothing_is_a_clear_error(tmp_path: Path, bad: str) -> None:
         compare([target])
     result = run_cli("cvexp-compare", str(target), cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_optuna_search_runs_three_trials(tmp_path: Path, tiny) -> None:
+    pytest.importorskip(
+        "hydra_plugins.hydra_optuna_sweeper", reason="the optuna extra is not installed"
+    )
+    write_batches_dir(tmp_path / "data", tiny)
+    result = run_cli(
+        "cvexp-train",
+        "-m",
+        "hparams_search=vgg16_bn_optuna",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.sampler.n_startup_trials=3",
+        "trainer.fast_dev_run=true",
+        *TINY,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (sweep_dir,) = list((tmp_path / "multirun").glob("*/*"))
+    summaries = [json.loads(p.read_text()) for p in sweep_dir.glob("*/summary.json")]
+    assert len(summaries) == 3
+    assert all(s["status"] == "completed" and s["best_val_acc"] is not None for s in summaries)
+    best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(max(s["best_val_acc"] for s in summaries))
