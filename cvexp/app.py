@@ -44,10 +44,11 @@ def fresh_dir(path: str) -> str:
 def path_safe(text: str, max_length: int = 120) -> str:
     """`text` usable as one directory name.
 
-    '/' and characters shells dislike become '_'; a name longer than `max_length` is cut
+    Characters other than letters, digits and '._-+' become '_' (so '/', '=' and ',', which
+    Hydra's override grammar or the file system would trip over, never appear); a name longer than `max_length` is cut
     and ends with a hash of the whole, so it stays unique and under the file-system limit.
     """
-    safe = "".join(c if c.isalnum() or c in "=,._-+" else "_" for c in str(text)) or "default"
+    safe = "".join(c if c.isalnum() or c in "._-+" else "_" for c in str(text)) or "default"
     if len(safe) > max_length:
         safe = f"{safe[: max_length - 9]}-{hashlib.sha1(safe.encode()).hexdigest()[:8]}"
     return safe

@@ -9,14 +9,16 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from torch.utils.tensorboard import SummaryWriter
 
 from cvexp.app import CONFIG_PATH, VERSION_BASE, exit_on_user_error, register_resolvers
 from cvexp.checkpoint import load_classifier
 from cvexp.data.formats import CLASSES
 from cvexp.errors import UserError
-from cvexp.viz.confusion import plot_confusion_matrix
+from cvexp.viz.confusion import confusion_matrix_figure, plot_confusion_matrix
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -55,10 +57,25 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             writer.writerow([name, *row])
     title = f"{Path(cfg.ckpt_path).name}: test accuracy {metrics['test_acc']:.2%}"
     plot_confusion_matrix(confusion, CLASSES, out_dir / "confusion_matrix.png", title=title)
+    log_to_tensorboard(out_dir / "tensorboard", confusion, metrics, title)
     print(
         f"test/acc {metrics['test_acc']:.4f} on {metrics['test_images']} images; results in {out_dir}"
     )
     return metrics
+
+
+def log_to_tensorboard(
+    tb_dir: Path, confusion: torch.Tensor, metrics: dict[str, Any], title: str
+) -> None:
+    """The same results for TensorBoard: test/acc, per-class accuracy, and the confusion-matrix figure."""
+    writer = SummaryWriter(str(tb_dir))
+    writer.add_scalar("test/acc", metrics["test_acc"], 0)
+    for name, accuracy in metrics["per_class_accuracy"].items():
+        writer.add_scalar(f"test/acc_per_class/{name}", accuracy, 0)
+    writer.add_figure(
+        "test/confusion_matrix", confusion_matrix_figure(confusion, CLASSES, title=title), 0
+    )
+    writer.close()
 
 
 register_resolvers()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cvexp.app import fresh_dir, path_safe
 from tests.conftest import run_cli
@@ -80,6 +81,10 @@ def test_eval_cli_writes_metrics_per_class_accuracy_and_confusion_matrix(finishe
     assert metrics["test_acc"] == pytest.approx(diagonal / 60)
     for name in ("per_class_accuracy.csv", "confusion_matrix.csv", "confusion_matrix.png"):
         assert (eval_dir / name).stat().st_size > 0
+    events = EventAccumulator(str(eval_dir / "tensorboard"))
+    events.Reload()
+    assert "test/confusion_matrix" in events.Tags()["images"]
+    assert "test/acc_per_class/cat" in events.Tags()["scalars"]
 
 
 def test_fresh_dir_never_reuses_a_directory(tmp_path: Path) -> None:
@@ -167,7 +172,8 @@ def test_bad_checkpoints_for_eval(finished_run, tmp_path: Path) -> None:
 
 
 def test_path_safe_names_are_short_unique_and_flat() -> None:
-    assert path_safe("model=vgg16,seed=1") == "model=vgg16,seed=1"
+    assert path_safe("model-vgg16+seed-1") == "model-vgg16+seed-1"
+    assert path_safe("a=b,c") == "a_b_c"
     assert "/" not in path_safe("data.root=/a/b")
     long_a, long_b = "x=" + "1" * 300, "x=" + "1" * 299 + "2"
     assert len(path_safe(long_a)) == 120 and path_safe(long_a) != path_safe(long_b)

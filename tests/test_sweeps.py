@@ -73,7 +73,7 @@ def test_compare_writes_the_table_and_the_graph(sweep) -> None:
         assert row["n"] == "2"
         summaries = [
             json.loads((job / "summary.json").read_text())
-            for job in sweep_dir.glob(f"*,{model},seed=*")
+            for job in sweep_dir.glob(f"*+{model.replace('=', '-')}+seed-*")
         ]
         assert len(summaries) == 2
         for key in ("best_val_acc", "test_acc"):
@@ -117,7 +117,7 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path: Path, tiny) -> None:
         if p.is_dir()
     }
     assert sorted(statuses.values()) == ["completed", "failed"]
-    assert next(s for name, s in statuses.items() if "model.net.depth=17" in name) == "failed"
+    assert next(s for name, s in statuses.items() if "model.net.depth-17" in name) == "failed"
     assert "1 failed" in result.stderr or "failed:" in result.stderr
     table = compare([sweep_dir])["rows"]
     assert {row["status"] for row in table} == {"1 failed", "1 completed"}

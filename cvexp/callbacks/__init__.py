@@ -2,5 +2,6 @@
 
 from cvexp.callbacks.learning_rate import LearningRateLogger
 from cvexp.callbacks.run_summary import RunSummary
+from cvexp.callbacks.visualization import VisualizationLogger
 
-__all__ = ["LearningRateLogger", "RunSummary"]
+__all__ = ["LearningRateLogger", "RunSummary", "VisualizationLogger"]

@@ -5,17 +5,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
+
+from cvexp.viz.figures import save_figure
 
 
 def plot_confusion_matrix(
     matrix: torch.Tensor, class_names: Sequence[str], path: str | Path, *, title: str = ""
 ) -> Path:
-    """Save a row-normalised confusion matrix (rows: true class) with counts in each cell as a PNG."""
+    """Save the confusion-matrix figure as a PNG."""
+    return save_figure(confusion_matrix_figure(matrix, class_names, title=title), path)
+
+
+def confusion_matrix_figure(
+    matrix: torch.Tensor, class_names: Sequence[str], *, title: str = ""
+) -> plt.Figure:
+    """A row-normalised confusion matrix (rows: true class) with the count in each cell."""
     counts = matrix.to(torch.int64)
     rates = counts.double() / counts.sum(dim=1, keepdim=True).clamp(min=1)
     fig, ax = plt.subplots(figsize=(8, 7), dpi=120)
@@ -38,7 +44,4 @@ def plot_confusion_matrix(
             )
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return fig

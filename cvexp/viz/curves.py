@@ -5,9 +5,6 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 Curves = dict[str, list[tuple[int, float]]]

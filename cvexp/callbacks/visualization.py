@@ -1,0 +1,102 @@
+"""VisualizationLogger: filters, feature maps or attention, and predictions, in TensorBoard during training."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from cvexp.data.formats import CLASSES
+from cvexp.viz.attention import attention_figure
+from cvexp.viz.features import conv_blocks, feature_maps, filters_figure, overview_figure
+from cvexp.viz.figures import predictions_figure
+
+
+class VisualizationLogger(Callback):
+    """Every `every_n_epochs` epochs and at the end of fit, log figures of fixed validation images.
+
+    Tags: `viz/filters` (first conv layer), `viz/feature_maps` (the first image through every
+    conv block) or `viz/attention` (ViTs: class-token attention per head of the last block,
+    and rollout), and `viz/predictions` (the labelled grid). The images are drawn from the
+    held-out split with `seed` and stay the same in every epoch, so the TensorBoard slider
+    shows their progression. `viz/seconds` records what the callback cost.
+    """
+
+    def __init__(self, every_n_epochs: int = 5, num_images: int = 16, seed: int = 0) -> None:
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be at least 1, got {every_n_epochs}.")
+        self.every_n_epochs, self.num_images, self.seed = every_n_epochs, num_images, seed
+        self._images: torch.Tensor | None = None
+        self._labels: torch.Tensor | None = None
+
+    def _fixed_batch(self, trainer: L.Trainer) -> tuple[torch.Tensor, torch.Tensor] | None:
+        datamodule = trainer.datamodule
+        if self._images is None and getattr(datamodule, "val_indices", None) is not None:
+            generator = torch.Generator().manual_seed(self.seed)
+            val = datamodule.val_indices
+            chosen = val[torch.randperm(len(val), generator=generator)[: self.num_images]]
+            self._images = datamodule.data.train_images[chosen].permute(0, 3, 1, 2).float() / 255
+            self._labels = datamodule.data.train_labels[chosen]
+        return None if self._images is None else (self._images, self._labels)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        last = trainer.current_epoch + 1 >= (trainer.max_epochs or 0)
+        if trainer.sanity_checking or not (
+            last or (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        ):
+            return
+        self.log_figures(trainer, pl_module)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch % self.every_n_epochs:  # stopped early between two logging epochs
+            self.log_figures(trainer, pl_module)
+
+    @torch.no_grad()
+    def log_figures(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Draw and log every figure for the current epoch (rank 0 only)."""
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        batch = self._fixed_batch(trainer)
+        if not trainer.is_global_zero or not loggers or batch is None:
+            return
+        start = time.perf_counter()
+        writer, step = loggers[0].experiment, trainer.current_epoch
+        net = pl_module.net
+        was_training = net.training
+        net.eval()
+        images = batch[0].to(pl_module.device)
+        probabilities = pl_module(images).softmax(dim=1).float().cpu()
+        title = f"epoch {step}: validation images (green: right, red: wrong)"
+        writer.add_figure(
+            "viz/predictions",
+            predictions_figure(batch[0], probabilities, batch[1], CLASSES, title=title),
+            step,
+        )
+        first = images[0]
+        if hasattr(net, "features") and conv_blocks(net.features):
+            blocks = conv_blocks(net.features)
+            writer.add_figure(
+                "viz/filters",
+                filters_figure(blocks[0][2], title=f"epoch {step}: first conv layer"),
+                step,
+            )
+            maps = {
+                f"layer {i}": m.float().cpu()
+                for i, m in enumerate(feature_maps(net, first).values())
+            }
+            fig = overview_figure(
+                batch[0][0],
+                maps,
+                title=f"epoch {step}: one validation image through the conv blocks",
+            )
+            writer.add_figure("viz/feature_maps", fig, step)
+        elif hasattr(net, "get_attention_maps"):
+            attentions = [a.float().cpu() for a in net.get_attention_maps(first[None])]
+            fig = attention_figure(
+                batch[0][0], attentions, blocks=[len(attentions) - 1], title=f"epoch {step}"
+            )
+            writer.add_figure("viz/attention", fig, step)
+        net.train(was_training)
+        writer.add_scalar("viz/seconds", time.perf_counter() - start, step)

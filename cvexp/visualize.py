@@ -1,0 +1,180 @@
+"""cvexp-visualize: filters, per-layer feature maps and ViT attention of a checkpoint, as PNGs.
+
+cvexp-visualize ckpt_path=.../best.ckpt                        # test image 0 of CIFAR-10
+cvexp-visualize ckpt_path=.../best.ckpt image=cat.png          # any image file
+cvexp-visualize ckpt_path=.../best.ckpt test_index=123 layers=[0,4,10]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from PIL import Image, UnidentifiedImageError
+
+from cvexp.app import CONFIG_PATH, VERSION_BASE, exit_on_user_error, register_resolvers
+from cvexp.checkpoint import load_classifier
+from cvexp.data import CLASSES, CIFAR10DataModule
+from cvexp.errors import UserError
+from cvexp.viz.attention import attention_figure
+from cvexp.viz.features import (
+    conv_blocks,
+    feature_grid_figure,
+    feature_maps,
+    filters_figure,
+    overview_figure,
+    select_layers,
+)
+from cvexp.viz.figures import predictions_figure, save_figure
+
+IMAGE_SIZE = 32
+
+
+def load_image_file(path: str | Path) -> torch.Tensor:
+    """Any image file as (3, 32, 32) float in [0, 1]; other sizes are resized, with a notice."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UserError(f"Image not found: {file}; pass image=<path to a .png or .jpg file>.")
+    try:
+        with Image.open(file) as img:
+            rgb = img.convert("RGB")
+    except (UnidentifiedImageError, OSError):
+        raise UserError(
+            f"{file} is not a readable image; pass image=<path to a .png or .jpg file>."
+        ) from None
+    if rgb.size != (IMAGE_SIZE, IMAGE_SIZE):
+        print(
+            f"note: {file.name} is {rgb.size[0]}x{rgb.size[1]}; resized to {IMAGE_SIZE}x{IMAGE_SIZE}, as the model expects"
+        )
+        rgb = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).float() / 255
+
+
+def load_test_image(cfg: DictConfig) -> tuple[torch.Tensor, int]:
+    """Test image `test_index` of the CIFAR-10 copy at data.root (never downloaded here)."""
+    datamodule = CIFAR10DataModule(cfg.data.root, download=False, cache=True)
+    try:
+        datamodule.setup("test")
+    except UserError as error:
+        raise UserError(
+            f"{error} Without the dataset, pass image=<path to an image file> instead."
+        ) from None
+    count = len(datamodule.data.test_labels)
+    if not 0 <= cfg.test_index < count:
+        raise UserError(
+            f"test_index={cfg.test_index} is out of range; the test set has {count} images (0 to {count - 1})."
+        )
+    image = datamodule.data.test_images[cfg.test_index].permute(2, 0, 1).float() / 255
+    return image, int(datamodule.data.test_labels[cfg.test_index])
+
+
+def visualize(cfg: DictConfig) -> dict[str, Any]:
+    """Write the figures for one image into the output dir; returns the written paths."""
+    if not cfg.get("ckpt_path"):
+        raise UserError(
+            "cvexp-visualize needs a checkpoint; pass ckpt_path=<path to a .ckpt file>."
+        )
+    classifier, _ = load_classifier(cfg.ckpt_path)
+    net = classifier.net
+    if cfg.get("image"):
+        image, label, source = load_image_file(cfg.image), None, Path(cfg.image).name
+    else:
+        image, label = load_test_image(cfg)
+        source = f"test image {cfg.test_index}"
+    with torch.no_grad():
+        probabilities = classifier(image[None]).softmax(dim=1)[0]
+    predicted = int(probabilities.argmax())
+    truth = f", true: {CLASSES[label]}" if label is not None else ""
+    caption = f"{source}: predicted {CLASSES[predicted]} ({probabilities[predicted]:.0%}){truth}"
+    out = Path(cfg.paths.output_dir)
+    written: list[Path] = []
+    if hasattr(net, "features") and conv_blocks(net.features):
+        written += write_cnn_figures(net, image, cfg, out, caption)
+    elif hasattr(net, "get_attention_maps"):
+        written += write_attention_figures(net, image, cfg, out, caption)
+    else:
+        raise UserError(
+            f"{cfg.ckpt_path} holds a network with neither conv features nor attention maps to show."
+        )
+    labels = torch.tensor([label if label is not None else predicted])
+    written.append(
+        save_figure(
+            predictions_figure(image[None], probabilities[None], labels, CLASSES, title=caption),
+            out / "prediction.png",
+        )
+    )
+    print(f"wrote {len(written)} figures to {out}")
+    return {"out_dir": out, "files": written, "predicted": CLASSES[predicted]}
+
+
+def write_cnn_figures(
+    net: torch.nn.Module, image: torch.Tensor, cfg: DictConfig, out: Path, caption: str
+) -> list[Path]:
+    """filters/, feature_maps/ and overview.png for a network with conv `features`."""
+    blocks = conv_blocks(net.features)
+    try:
+        chosen = select_layers(len(blocks), cfg.get("layers"))
+    except IndexError as error:
+        raise UserError(f"{error}; pass layers=[...] with indices in that range.") from None
+    maps = feature_maps(net, image, chosen)
+    written = []
+    for index in chosen:
+        name, _, conv = blocks[index]
+        shape = tuple(conv.weight.shape)
+        fig = filters_figure(conv, title=f"layer {index} ({name}) filters {shape}")
+        written.append(save_figure(fig, out / "filters" / f"layer{index:02d}.png"))
+        layer_maps = maps[name]
+        title = f"layer {index} ({name}) feature maps {tuple(layer_maps.shape)}\n{caption}"
+        fig = feature_grid_figure(layer_maps, title=title, k=cfg.top_k)
+        written.append(save_figure(fig, out / "feature_maps" / f"layer{index:02d}.png"))
+    overview = {f"layer {i}": maps[blocks[i][0]] for i in chosen}
+    written.append(
+        save_figure(overview_figure(image, overview, title=caption), out / "overview.png")
+    )
+    return written
+
+
+def write_attention_figures(
+    net: torch.nn.Module, image: torch.Tensor, cfg: DictConfig, out: Path, caption: str
+) -> list[Path]:
+    """attention/ (per block: every head's class-token attention; rollout) and overview.png for a ViT."""
+    attentions = net.eval().get_attention_maps(image[None])
+    try:
+        blocks = select_layers(
+            len(attentions), cfg.get("layers") if cfg.get("layers") is not None else [-1]
+        )
+    except IndexError as error:
+        raise UserError(
+            f"{str(error).replace('conv layers', 'blocks')}; pass layers=[...] in that range."
+        ) from None
+    written = [
+        save_figure(
+            attention_figure(image, attentions, blocks=[b], title=f"block {b}\n{caption}"),
+            out / "attention" / f"block{b:02d}.png",
+        )
+        for b in blocks
+    ]
+    written.append(
+        save_figure(
+            attention_figure(image, attentions, blocks=blocks, title=caption), out / "overview.png"
+        )
+    )
+    return written
+
+
+register_resolvers()
+
+
+@hydra.main(version_base=VERSION_BASE, config_path=CONFIG_PATH, config_name="visualize")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    """Console entry point `cvexp-visualize`."""
+    visualize(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Look inside a CNN: record feature maps with forward hooks, and draw filters and feature maps."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import matplotlib.pyplot as plt
+import torch
+from torch import nn
+
+
+def conv_blocks(features: nn.Sequential) -> list[tuple[str, nn.Module, nn.Conv2d]]:
+    """(conv name, activation module, conv) for each conv block of a `features` stack.
+
+    The recorded output of a block is its activation's (after BN when there is one), so
+    layer i is the i-th convolution of the network as the next layer sees it.
+    """
+    blocks, conv, conv_name = [], None, ""
+    for name, module in features.named_children():
+        if isinstance(module, nn.Conv2d):
+            conv, conv_name = module, f"features.{name}"
+        elif isinstance(module, (nn.ReLU, nn.GELU, nn.SiLU)) and conv is not None:
+            blocks.append((conv_name, module, conv))
+            conv = None
+    return blocks
+
+
+def select_layers(count: int, layers: Sequence[int] | None) -> list[int]:
+    """Validate layer indices (negative ones count from the end); all layers when None."""
+    if layers is None:
+        return list(range(count))
+    chosen = []
+    for index in layers:
+        if not -count <= int(index) < count:
+            raise IndexError(
+                f"layer {index} is out of range: this network has {count} conv layers (0 to {count - 1})"
+            )
+        chosen.append(int(index) % count)
+    return chosen
+
+
+@contextmanager
+def record_activations(modules: dict[str, nn.Module]) -> Iterator[dict[str, torch.Tensor]]:
+    """Forward hooks that store each module's output (detached) by name; removed on exit."""
+    recorded: dict[str, torch.Tensor] = {}
+    handles = [
+        module.register_forward_hook(
+            lambda _m, _i, out, name=name: recorded.__setitem__(name, out.detach())
+        )
+        for name, module in modules.items()
+    ]
+    try:
+        yield recorded
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def feature_maps(
+    net: nn.Module, image: torch.Tensor, layers: Sequence[int] | None = None
+) -> dict[str, torch.Tensor]:
+    """Feature maps (C, h, w) of one image (3, H, W) in [0, 1] at the chosen conv blocks of `net.features`."""
+    blocks = conv_blocks(net.features)
+    chosen = select_layers(len(blocks), layers)
+    modules = {blocks[i][0]: blocks[i][1] for i in chosen}
+    with record_activations(modules) as recorded, torch.no_grad():
+        net.eval()(image[None])
+    return {name: recorded[name][0] for name in modules}
+
+
+def top_channels(maps: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k channels of (C, h, w) maps with the highest mean activation."""
+    return maps.mean(dim=(1, 2)).topk(min(k, maps.shape[0])).indices
+
+
+def _grid_shape(n: int) -> tuple[int, int]:
+    cols = math.ceil(math.sqrt(n))
+    return math.ceil(n / cols), cols
+
+
+def _to_unit(t: torch.Tensor) -> torch.Tensor:
+    """Scale a tensor to [0, 1] (a constant tensor becomes 0)."""
+    t = t.float()
+    low, high = t.min(), t.max()
+    return (t - low) / (high - low) if high > low else torch.zeros_like(t)
+
+
+def normalised_rgb_filters(conv: nn.Conv2d) -> torch.Tensor:
+    """A first-layer conv's filters as (N, k, k, 3) RGB images, each scaled to [0, 1] on its own."""
+    weights = conv.weight.detach().cpu()  # (N, 3, k, k)
+    return torch.stack([_to_unit(w).permute(1, 2, 0) for w in weights])
+
+
+def filters_figure(conv: nn.Conv2d, *, title: str, max_filters: int = 64) -> plt.Figure:
+    """A grid of a conv layer's filters.
+
+    RGB filters (a first layer) are shown in colour, each normalised to [0, 1]. Deeper
+    filters have many input channels, so each is shown as its mean over input channels,
+    for the `max_filters` filters of largest norm; the title says which view it is.
+    """
+    weights = conv.weight.detach().cpu()  # (N, C_in, k, k)
+    if weights.shape[1] == 3:
+        images, cmap = normalised_rgb_filters(conv)[:max_filters], None
+        subtitle = f"{min(len(weights), max_filters)} RGB filters, each scaled to [0, 1]"
+        order = torch.arange(len(images))
+    else:
+        order = weights.flatten(1).norm(dim=1).argsort(descending=True)[:max_filters]
+        images = torch.stack([_to_unit(weights[i].mean(0)) for i in order])
+        cmap = "gray"
+        subtitle = f"mean over {weights.shape[1]} input channels, {len(order)} of {len(weights)} filters by largest norm"
+    rows, cols = _grid_shape(len(images))
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(cols * 0.9, rows * 0.9 + 0.8), dpi=110, squeeze=False
+    )
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, index in zip(axes.flat, images, order.tolist(), strict=False):
+        ax.imshow(img.numpy(), cmap=cmap, interpolation="nearest")
+        ax.set_title(str(index), fontsize=6)
+    fig.suptitle(f"{title}\n{subtitle}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def feature_grid_figure(maps: torch.Tensor, *, title: str, k: int = 16) -> plt.Figure:
+    """The k channels with the highest mean activation of (C, h, w) maps, each with its own scale."""
+    channels = top_channels(maps, k)
+    rows, cols = _grid_shape(len(channels))
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(cols * 1.3, rows * 1.3 + 0.8), dpi=110, squeeze=False
+    )
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, channel in zip(axes.flat, channels.tolist(), strict=False):
+        ax.imshow(maps[channel].cpu().numpy(), cmap="viridis", interpolation="nearest")
+        ax.set_title(f"ch {channel}", fontsize=7)
+    fig.suptitle(
+        f"{title}\ntop {len(channels)} of {maps.shape[0]} channels by mean activation", fontsize=9
+    )
+    fig.tight_layout()
+    return fig
+
+
+def overview_figure(
+    image: torch.Tensor, maps: dict[str, torch.Tensor], *, title: str
+) -> plt.Figure:
+    """The input, then for each recorded layer its most active channel: edges to parts, in one row."""
+    n = len(maps) + 1
+    cols = min(n, 7)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(cols * 2.0, rows * 2.2 + 0.6), dpi=110, squeeze=False
+    )
+    for ax in axes.flat:
+        ax.axis("off")
+    axes.flat[0].imshow(image.permute(1, 2, 0).clamp(0, 1).cpu().numpy(), interpolation="nearest")
+    axes.flat[0].set_title(f"input {tuple(image.shape)}", fontsize=8)
+    for ax, (name, layer_maps) in zip(list(axes.flat)[1:], maps.items(), strict=False):
+        channel = int(top_channels(layer_maps, 1)[0])
+        ax.imshow(layer_maps[channel].cpu().numpy(), cmap="viridis", interpolation="nearest")
+        ax.set_title(f"{name} {tuple(layer_maps.shape)}\nch {channel}", fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
