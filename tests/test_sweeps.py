@@ -47,10 +47,10 @@ def test_sweep_jobs_get_readable_directories(sweep) -> None:
     jobs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
     # the job number, then the job's overrides (paths and presets left out)
     expected = [
-        "model=vgg16,seed=1",
-        "model=vgg16,seed=2",
-        "model=vgg16_bn,seed=1",
-        "model=vgg16_bn,seed=2",
+        "model-vgg16+seed-1",
+        "model-vgg16+seed-2",
+        "model-vgg16_bn+seed-1",
+        "model-vgg16_bn+seed-2",
     ]
     assert len(jobs) == 4
     for number, (job, overrides) in enumerate(zip(jobs, expected, strict=True)):
