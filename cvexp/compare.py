@@ -267,7 +267,7 @@ def markdown_table(rows: list[dict[str, Any]], metric: str) -> str:
             row["configuration"],
             str(row["n"]),
             row["status"],
-            _fmt(row["params_M"], 2),
+            _fmt(row["params_M"], 3),
             _fmt(row["MMACs_per_image"], 1),
             _fmt(row["GFLOPs_per_image"], 3),
             _mean_pm_std(row, "best_val_acc"),
