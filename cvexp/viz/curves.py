@@ -6,6 +6,7 @@ import statistics
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 Curves = dict[str, list[tuple[int, float]]]
 TITLES = {
@@ -80,6 +81,7 @@ def plot_convergence(
     for ax, tag in zip(axes[0], tags, strict=True):
         ax.set_title(TITLES.get(tag, tag))
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(tag)
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
