@@ -45,6 +45,16 @@ FAST = [
     "data.val_size=40",
 ]
 
+# The same, as overrides for the console scripts run on a tiny dataset in ./data.
+CLI_TINY = [
+    "debug=default",
+    "data.download=false",
+    "data.val_size=40",
+    "data.batch_size=8",
+    "trainer.limit_train_batches=2",
+    "trainer.enable_progress_bar=false",
+]
+
 
 @dataclass(frozen=True)
 class TinyCifar:

@@ -10,16 +10,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cvexp.app import fresh_dir, path_safe
-from tests.conftest import run_cli
+from tests.conftest import CLI_TINY, run_cli
 
-TINY = [
-    "debug=default",
-    "data.download=false",
-    "data.val_size=40",
-    "data.batch_size=8",
-    "trainer.limit_train_batches=2",
-    "trainer.enable_progress_bar=false",
-]
+TINY = CLI_TINY
 
 
 def snapshot(folder: Path) -> dict[Path, bytes]:

@@ -15,20 +15,12 @@ from PIL import Image
 
 from cvexp.compare import compare
 from cvexp.errors import UserError
-from tests.conftest import run_cli, write_batches_dir
+from tests.conftest import CLI_TINY, run_cli, write_batches_dir
 
 EXPERIMENTS = sorted(
     p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "experiment").glob("*.yaml")
 )
-TINY = [
-    "debug=default",
-    "data.download=false",
-    "data.val_size=40",
-    "data.batch_size=8",
-    "trainer.limit_train_batches=2",
-    "trainer.max_epochs=2",
-    "trainer.enable_progress_bar=false",
-]
+TINY = [*CLI_TINY, "trainer.max_epochs=2"]
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,8 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
+from cvexp.viz.figures import image_grid
+
 
 def conv_blocks(features: nn.Sequential) -> list[tuple[str, nn.Module, nn.Conv2d]]:
     """(conv name, activation module, conv) for each conv block of a `features` stack.
@@ -75,11 +77,6 @@ def top_channels(maps: torch.Tensor, k: int) -> torch.Tensor:
     return maps.mean(dim=(1, 2)).topk(min(k, maps.shape[0])).indices
 
 
-def _grid_shape(n: int) -> tuple[int, int]:
-    cols = math.ceil(math.sqrt(n))
-    return math.ceil(n / cols), cols
-
-
 def _to_unit(t: torch.Tensor) -> torch.Tensor:
     """Scale a tensor to [0, 1] (a constant tensor becomes 0)."""
     t = t.float()
@@ -110,13 +107,10 @@ def filters_figure(conv: nn.Conv2d, *, title: str, max_filters: int = 64) -> plt
         images = torch.stack([_to_unit(weights[i].mean(0)) for i in order])
         cmap = "gray"
         subtitle = f"mean over {weights.shape[1]} input channels, {len(order)} of {len(weights)} filters by largest norm"
-    rows, cols = _grid_shape(len(images))
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(cols * 0.9, rows * 0.9 + 0.8), dpi=110, squeeze=False
+    fig, axes = image_grid(
+        len(images), max_cols=math.ceil(math.sqrt(len(images))), cell=(0.9, 0.9), extra_height=0.8
     )
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, img, index in zip(axes.flat, images, order.tolist(), strict=False):
+    for ax, img, index in zip(axes, images, order.tolist(), strict=False):
         ax.imshow(img.numpy(), cmap=cmap, interpolation="nearest")
         ax.set_title(str(index), fontsize=6)
     fig.suptitle(f"{title}\n{subtitle}", fontsize=9)
@@ -127,13 +121,13 @@ def filters_figure(conv: nn.Conv2d, *, title: str, max_filters: int = 64) -> plt
 def feature_grid_figure(maps: torch.Tensor, *, title: str, k: int = 16) -> plt.Figure:
     """The k channels with the highest mean activation of (C, h, w) maps, each with its own scale."""
     channels = top_channels(maps, k)
-    rows, cols = _grid_shape(len(channels))
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(cols * 1.3, rows * 1.3 + 0.8), dpi=110, squeeze=False
+    fig, axes = image_grid(
+        len(channels),
+        max_cols=math.ceil(math.sqrt(len(channels))),
+        cell=(1.3, 1.3),
+        extra_height=0.8,
     )
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, channel in zip(axes.flat, channels.tolist(), strict=False):
+    for ax, channel in zip(axes, channels.tolist(), strict=False):
         ax.imshow(maps[channel].cpu().numpy(), cmap="viridis", interpolation="nearest")
         ax.set_title(f"ch {channel}", fontsize=7)
     fig.suptitle(
@@ -147,17 +141,10 @@ def overview_figure(
     image: torch.Tensor, maps: dict[str, torch.Tensor], *, title: str
 ) -> plt.Figure:
     """The input, then for each recorded layer its most active channel: edges to parts, in one row."""
-    n = len(maps) + 1
-    cols = min(n, 7)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(cols * 2.0, rows * 2.2 + 0.6), dpi=110, squeeze=False
-    )
-    for ax in axes.flat:
-        ax.axis("off")
-    axes.flat[0].imshow(image.permute(1, 2, 0).clamp(0, 1).cpu().numpy(), interpolation="nearest")
-    axes.flat[0].set_title(f"input {tuple(image.shape)}", fontsize=8)
-    for ax, (name, layer_maps) in zip(list(axes.flat)[1:], maps.items(), strict=False):
+    fig, axes = image_grid(len(maps) + 1, max_cols=7, cell=(2.0, 2.2))
+    axes[0].imshow(image.permute(1, 2, 0).clamp(0, 1).cpu().numpy(), interpolation="nearest")
+    axes[0].set_title(f"input {tuple(image.shape)}", fontsize=8)
+    for ax, (name, layer_maps) in zip(axes[1:], maps.items(), strict=False):
         channel = int(top_channels(layer_maps, 1)[0])
         ax.imshow(layer_maps[channel].cpu().numpy(), cmap="viridis", interpolation="nearest")
         ax.set_title(f"{name} {tuple(layer_maps.shape)}\nch {channel}", fontsize=7)

@@ -19,6 +19,18 @@ def save_figure(fig: plt.Figure, path: str | Path) -> Path:
     return path
 
 
+def image_grid(count: int, *, max_cols: int, cell: tuple[float, float], extra_height: float = 0.6):
+    """A figure with a grid of at least `count` axes, all without ticks; returns (fig, flat axes)."""
+    cols = max(1, min(count, max_cols))
+    rows = math.ceil(count / cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(cols * cell[0], rows * cell[1] + extra_height), dpi=110, squeeze=False
+    )
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig, list(axes.flat)
+
+
 def predictions_figure(
     images: torch.Tensor,
     probabilities: torch.Tensor,
@@ -28,17 +40,10 @@ def predictions_figure(
     title: str,
 ) -> plt.Figure:
     """A grid of images (B, 3, H, W) in [0, 1], each titled with its prediction and true class (red if wrong)."""
-    n = len(images)
-    cols = min(n, 8)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(cols * 1.5, rows * 1.7 + 0.5), dpi=110, squeeze=False
-    )
-    for ax in axes.flat:
-        ax.axis("off")
+    fig, axes = image_grid(len(images), max_cols=8, cell=(1.5, 1.7), extra_height=0.5)
     confidence, predicted = probabilities.max(dim=1)
     for ax, image, p, c, y in zip(
-        axes.flat, images, predicted.tolist(), confidence.tolist(), labels.tolist(), strict=False
+        axes, images, predicted.tolist(), confidence.tolist(), labels.tolist(), strict=False
     ):
         ax.imshow(image.permute(1, 2, 0).clamp(0, 1).cpu().numpy(), interpolation="nearest")
         colour = "green" if p == y else "red"
