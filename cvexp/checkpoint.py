@@ -44,6 +44,17 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
+def offline_net_config(net_config: dict[str, Any]) -> dict[str, Any]:
+    """The net's config without pretrained-weight loading: a checkpoint already holds every weight,
+    so rebuilding its architecture must neither download nor need the original weights file."""
+    config = dict(net_config)
+    if "pretrained" in config:
+        config["pretrained"] = False
+    if "weights" in config:
+        config["weights"] = None
+    return config
+
+
 def load_classifier(path: str | Path) -> tuple[ImageClassifier, dict[str, Any]]:
     """Rebuild the classifier saved in a cvexp checkpoint; returns it (in eval mode) and the raw checkpoint."""
     checkpoint = read_checkpoint(path)
@@ -54,7 +65,7 @@ def load_classifier(path: str | Path) -> tuple[ImageClassifier, dict[str, Any]]:
             "from a cvexp run's checkpoints/ folder."
         )
     try:
-        net = instantiate(net_config)
+        net = instantiate(offline_net_config(net_config))
     except InstantiationException as err:
         raise UserError(
             f"{path} names a network that cannot be built ({err}); check ckpt_path."

@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.flop_counter import FlopCounterMode
 
+from cvexp.checkpoint import offline_net_config
 from cvexp.errors import UserError
 from cvexp.viz.curves import plot_convergence
 
@@ -137,7 +138,7 @@ def count_macs_and_params(
     if not net_config:
         return None, None
     try:
-        net = instantiate(net_config).eval()
+        net = instantiate(offline_net_config(net_config)).eval()
     except Exception:
         return None, None
     counter = FlopCounterMode(display=False)

@@ -106,15 +106,23 @@ class ImageClassifier(L.LightningModule):
     # ------------------------------------------------------------------ optimisation
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """Weight decay on weight matrices and conv kernels; none on biases and norm parameters."""
-        decay = [p for p in self.net.parameters() if p.requires_grad and p.ndim > 1]
-        no_decay = [p for p in self.net.parameters() if p.requires_grad and p.ndim <= 1]
+        """The net's own groups when it defines them; else weight decay on weight matrices and
+        conv kernels, none on biases and norm parameters. Frozen parameters are left out."""
+        if hasattr(self.net, "parameter_groups"):
+            return self.net.parameter_groups()
+        trainable = [p for p in self.net.parameters() if p.requires_grad]
+        decay = [p for p in trainable if p.ndim > 1]
+        no_decay = [p for p in trainable if p.ndim <= 1]
         return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
             raise RuntimeError("ImageClassifier needs an optimizer factory to train.")
         optimizer = self.optimizer_factory(params=self.parameter_groups())
+        for (
+            group
+        ) in optimizer.param_groups:  # layer-wise lr decay, before the scheduler reads the lrs
+            group["lr"] *= group.get("lr_scale", 1.0)
         if self.scheduler_factory is None:
             return optimizer
         total_steps = int(self.trainer.estimated_stepping_batches)
