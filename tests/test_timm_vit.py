@@ -177,3 +177,25 @@ def test_fast_dev_run_then_eval_without_network(
         GlobalHydra.instance().clear()
     assert metrics["test_images"] == 60
     assert (tmp_path / "eval" / "confusion_matrix.png").is_file()
+
+
+def test_attention_maps_of_a_timm_vit_are_its_softmax_weights() -> None:
+    torch.manual_seed(0)
+    net = TimmClassifier(name=NAME, pretrained=False, img_size=32).eval()
+    x = torch.rand(2, 3, 32, 32)
+    maps = net.get_attention_maps(x)
+    assert len(maps) == len(net.model.blocks) and maps[0].shape == (
+        2,
+        3,
+        5,
+        5,
+    )  # 3 heads, 4 patches + class token
+    torch.testing.assert_close(maps[-1].sum(-1), torch.ones(2, 3, 5))
+    # block 0 by hand, with timm's own modules: its input is the embedded tokens after norm1
+    block = net.model.blocks[0]
+    tokens = net.model.norm_pre(net.model._pos_embed(net.model.patch_embed(net.preprocess(x))))
+    attn = block.attn
+    qkv = attn.qkv(block.norm1(tokens)).reshape(2, 5, 3, 3, 64).permute(2, 0, 3, 1, 4)
+    expected = (qkv[0] @ qkv[1].transpose(-2, -1) / 8.0).softmax(-1)
+    torch.testing.assert_close(maps[0], expected)
+    assert all(not b.attn._forward_hooks for b in net.model.blocks)

@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from cvexp.data.formats import CLASSES
+from cvexp.errors import UserError
 from cvexp.viz.attention import attention_figure
 from cvexp.viz.features import conv_blocks, feature_maps, filters_figure, overview_figure
 from cvexp.viz.figures import predictions_figure
@@ -93,10 +94,14 @@ class VisualizationLogger(Callback):
             )
             writer.add_figure("viz/feature_maps", fig, step)
         elif hasattr(net, "get_attention_maps"):
-            attentions = [a.float().cpu() for a in net.get_attention_maps(first[None])]
-            fig = attention_figure(
-                batch[0][0], attentions, blocks=[len(attentions) - 1], title=f"epoch {step}"
-            )
-            writer.add_figure("viz/attention", fig, step)
+            try:
+                attentions = [a.float().cpu() for a in net.get_attention_maps(first[None])]
+            except UserError:  # e.g. a timm CNN: it has no attention to draw
+                attentions = []
+            if attentions:
+                fig = attention_figure(
+                    batch[0][0], attentions, blocks=[len(attentions) - 1], title=f"epoch {step}"
+                )
+                writer.add_figure("viz/attention", fig, step)
         net.train(was_training)
         writer.add_scalar("viz/seconds", time.perf_counter() - start, step)

@@ -195,3 +195,37 @@ class TimmClassifier(nn.Module):
             if group.get("weight_decay") == _OPTIMIZER_DEFAULT:
                 del group["weight_decay"]
         return groups
+
+    @torch.no_grad()
+    def get_attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Attention weights (B, h, T, T) of every block of a timm VisionTransformer.
+
+        timm's fused attention never forms the weights, so a forward hook on each block's
+        `attn` module takes its input and recomputes softmax(q k^T * scale) with the module's
+        own qkv projection and q/k norms: the same weights the fused kernel applies.
+        """
+        blocks = getattr(self.model, "blocks", None)
+        if blocks is None or not all(hasattr(b, "attn") and hasattr(b.attn, "qkv") for b in blocks):
+            raise UserError(f"{type(self.model).__name__} has no ViT attention blocks to show.")
+        if getattr(self.model, "num_prefix_tokens", 1) != 1:
+            raise UserError(
+                "attention maps need a ViT with exactly one class token and no register tokens."
+            )
+        weights: list[torch.Tensor] = []
+
+        def record(
+            attn: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor
+        ) -> None:
+            tokens = inputs[0]  # (B, T, D)
+            b, t, _ = tokens.shape
+            qkv = attn.qkv(tokens).reshape(b, t, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+            q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])  # (B, h, T, d)
+            weights.append((q @ k.transpose(-2, -1) * attn.scale).softmax(dim=-1))  # (B, h, T, T)
+
+        handles = [block.attn.register_forward_hook(record) for block in blocks]
+        try:
+            self.eval()(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return weights
