@@ -136,6 +136,21 @@ class ImageClassifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["net_config"] = self.net_config
+        # the global RNGs drive augmentation and dropout: a resumed run continues their streams
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states") or {}
+        if "torch" in states:
+            torch.set_rng_state(states["torch"])
+        if (
+            "cuda" in states
+            and torch.cuda.is_available()
+            and len(states["cuda"]) == torch.cuda.device_count()
+        ):
+            torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def build_classifier(model_cfg: DictConfig) -> ImageClassifier:

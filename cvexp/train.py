@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -24,6 +26,8 @@ from cvexp.app import (
 from cvexp.callbacks.run_summary import RunSummary
 from cvexp.checkpoint import read_checkpoint
 from cvexp.data import CIFAR10DataModule
+from cvexp.errors import UserError
+from cvexp.launch import ddp_relaunch_in_place, resume_argv
 from cvexp.module import ImageClassifier, build_classifier
 
 
@@ -100,6 +104,10 @@ def build_trainer(
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers: list[Logger] = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if cfg.trainer.get("sync_batchnorm") and isinstance(trainer.accelerator, CPUAccelerator):
+        raise UserError(
+            "trainer.sync_batchnorm=true needs GPUs; pass trainer.sync_batchnorm=false on CPU."
+        )
     return trainer, loggers
 
 
@@ -149,19 +157,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         checkpointing = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
         early_stopping = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
 
-        trainer.fit(classifier, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-        fields.update(
-            best_model_path=_best_path(checkpointing), last_model_path=_last_path(checkpointing)
-        )
-        if trainer.interrupted:
-            fields["status"] = "interrupted"
-        else:
-            if cfg.get("test", True):
-                fields.update(
-                    test_best_checkpoint(trainer, classifier, datamodule, fields["best_model_path"])
-                )
-            stopped = early_stopping is not None and early_stopping.stopped_epoch > 0
-            fields["status"] = "stopped_early" if stopped else "completed"
+        with ddp_relaunch_in_place(trainer):
+            trainer.fit(classifier, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            fields.update(
+                best_model_path=_best_path(checkpointing), last_model_path=_last_path(checkpointing)
+            )
+            if trainer.interrupted:
+                fields["status"] = "interrupted"
+            else:
+                if cfg.get("test", True):
+                    fields.update(
+                        test_best_checkpoint(
+                            trainer, classifier, datamodule, fields["best_model_path"]
+                        )
+                    )
+                stopped = early_stopping is not None and early_stopping.stopped_epoch > 0
+                fields["status"] = "stopped_early" if stopped else "completed"
     except (KeyboardInterrupt, SystemExit):
         fields["status"] = "interrupted"
         raise
@@ -189,10 +200,20 @@ register_resolvers()
 @hydra.main(version_base=VERSION_BASE, config_path=CONFIG_PATH, config_name="train")
 @exit_on_user_error
 def main(cfg: DictConfig) -> float:
-    """Console entry point `cvexp-train`; returns the best val accuracy (NaN if none) for sweepers."""
+    """The Hydra app: train, and return the best val accuracy (NaN if none) for sweepers."""
     best = train(cfg).get("best_val_acc")
     return float("nan") if best is None else float(best)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console entry point `cvexp-train`: `resume=RUN_DIR` becomes that run's command line first."""
+    try:
+        sys.argv = resume_argv(sys.argv)
+    except UserError as error:
+        print(f"cvexp-train: error: {error}", file=sys.stderr)
+        sys.exit(2)
     main()
+
+
+if __name__ == "__main__":
+    cli()
