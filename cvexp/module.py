@@ -41,9 +41,9 @@ class ImageClassifier(L.LightningModule):
         self.net = net
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.net_config: dict[str, Any] | None = (
-            None  # set by build_classifier, saved in checkpoints
-        )
+        # set by build_classifier and InterruptCheckpoint; both are saved in checkpoints
+        self.net_config: dict[str, Any] | None = None
+        self.interrupted_mid_epoch = False
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -136,6 +136,7 @@ class ImageClassifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["net_config"] = self.net_config
+        checkpoint["interrupted_mid_epoch"] = self.interrupted_mid_epoch
         # the global RNGs drive augmentation and dropout: a resumed run continues their streams
         checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():

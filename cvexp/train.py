@@ -14,6 +14,7 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from cvexp.app import (
@@ -23,6 +24,7 @@ from cvexp.app import (
     register_resolvers,
     user_error_message,
 )
+from cvexp.callbacks.interrupt_checkpoint import InterruptCheckpoint
 from cvexp.callbacks.run_summary import RunSummary
 from cvexp.checkpoint import read_checkpoint
 from cvexp.data import CIFAR10DataModule
@@ -152,7 +154,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         fields["trainable_params"] = sum(
             p.numel() for p in classifier.net.parameters() if p.requires_grad
         )
-        trainer, loggers = build_trainer(cfg, [summary_callback])
+        trainer, loggers = build_trainer(cfg, [summary_callback, InterruptCheckpoint()])
         datamodule.per_device_batch_size(trainer.world_size)  # fail before any process starts
         checkpointing = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
         early_stopping = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
@@ -173,6 +175,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     )
                 stopped = early_stopping is not None and early_stopping.stopped_epoch > 0
                 fields["status"] = "stopped_early" if stopped else "completed"
+    except SIGTERMException:
+        fields["status"] = "interrupted"
+        raise SystemExit(143) from None  # 128 + SIGTERM, as schedulers expect of a terminated job
     except (KeyboardInterrupt, SystemExit):
         fields["status"] = "interrupted"
         raise

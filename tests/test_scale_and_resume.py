@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from cvexp.checkpoint import load_classifier
 from cvexp.checkpoint_io import AtomicCheckpointIO
 from cvexp.data import CIFAR10DataModule
-from tests.conftest import CLI_TINY, run_cli, write_batches_dir
+from tests.conftest import BIN, CLI_TINY, run_cli, write_batches_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 WITH_TESTS = {"PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -147,3 +150,44 @@ def test_a_crash_while_writing_keeps_the_previous_checkpoint(tmp_path: Path, mon
     monkeypatch.undo()
     assert torch.load(path, weights_only=True)["epoch"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no partial file left
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path: Path, tiny) -> None:
+    write_batches_dir(tmp_path / "data", tiny)
+    overrides = [
+        *CLI_TINY,
+        "trainer.limit_train_batches=null",
+        "trainer.max_epochs=200",
+        "callbacks.feature_maps=null",
+    ]
+    process = subprocess.Popen(
+        [str(BIN / "cvexp-train"), *overrides],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while (
+        not list(tmp_path.glob("outputs/*/*/checkpoints/last.ckpt")) and time.monotonic() < deadline
+    ):
+        time.sleep(0.5)  # wait until at least one epoch has been checkpointed
+    time.sleep(1.0)  # now in the middle of a later epoch
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 143, output
+    (run_dir,) = list((tmp_path / "outputs").glob("*/*"))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert "interrupted_mid_epoch" in checkpoint
+    resumed = run_cli(
+        "cvexp-train",
+        f"resume={run_dir}",
+        f"trainer.max_epochs={checkpoint['epoch'] + 2}",
+        cwd=tmp_path,
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_run"] == checkpoint["epoch"] + 2
