@@ -10,6 +10,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cvexp.app import fresh_dir, path_safe
+from cvexp.checkpoint import load_classifier
+from cvexp.errors import UserError
 from tests.conftest import CLI_TINY, run_cli
 
 TINY = CLI_TINY
@@ -150,17 +152,21 @@ def test_bad_checkpoints_for_eval(finished_run, tmp_path: Path) -> None:
     checkpoint = torch.load(summary["best_model_path"], map_location="cpu", weights_only=True)
     checkpoint["net_config"]["depth"] = 11  # claims a VGG11, holds VGG16 weights
     torch.save(checkpoint, other_arch)
-    cases = [
+    # two through the console script; every case through the loader it uses
+    for path, fragment in [
+        (not_a_checkpoint, "is not a"),
+        (other_arch, "do not fit the architecture"),
+    ]:
+        result = run_cli("cvexp-eval", f"ckpt_path={path}", cwd=cwd)
+        assert_one_clear_error(result, fragment)
+    for path, fragment in [
         (tmp_path / "missing.ckpt", "Checkpoint not found"),
         (not_a_checkpoint, "is not a"),
         (empty, "is not a"),
         (other_arch, "do not fit the architecture"),
-    ]
-    for path, fragment in cases:
-        result = run_cli("cvexp-eval", f"ckpt_path={path}", cwd=cwd)
-        assert_one_clear_error(
-            result, fragment, "ckpt_path" if "fit" not in fragment else "another model"
-        )
+    ]:
+        with pytest.raises(UserError, match=fragment):
+            load_classifier(path)
     assert snapshot(run_dir) == before
 
 

@@ -7,12 +7,15 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from cvexp.errors import UserError
 from cvexp.models.vgg import VGG
 from cvexp.models.vit import VisionTransformer
 from cvexp.train import train
+from cvexp.visualize import visualize
 from cvexp.viz.attention import attention_figure, attention_rollout
 from cvexp.viz.features import (
     conv_blocks,
@@ -151,6 +154,16 @@ def test_training_callback_logs_images_to_tensorboard(
 
 
 def test_visualize_command(compose_train, tmp_path: Path, data_root: Path) -> None:
+    base = OmegaConf.create(
+        {
+            "data": {"root": str(data_root)},
+            "paths": {"output_dir": str(tmp_path / "inproc")},
+            "image": None,
+            "test_index": 0,
+            "layers": None,
+            "top_k": 4,
+        }
+    )
     cnn = train(compose_train("trainer.max_epochs=1", run_dir=tmp_path / "cnn"))["best_model_path"]
     vit = train(
         compose_train(
@@ -202,12 +215,15 @@ def test_visualize_command(compose_train, tmp_path: Path, data_root: Path) -> No
 
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("hello")
-    for args, fragment in [
-        ([f"ckpt_path={tmp_path / 'missing.ckpt'}"], "Checkpoint not found"),
-        ([f"ckpt_path={cnn}", f"image={not_an_image}"], "is not a readable image"),
-        ([f"ckpt_path={cnn}", f"data.root={data_root}", "layers=[99]"], "layer 99 is out of range"),
-        ([f"ckpt_path={cnn}", f"data.root={tmp_path / 'nothing'}"], "pass image="),
+    # one bad input through the console script; the others through the same function, in-process
+    result = run_cli("cvexp-visualize", f"ckpt_path={cnn}", f"image={not_an_image}", cwd=cwd)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "is not a readable image" in result.stderr
+    for overrides, fragment in [
+        ({"ckpt_path": str(tmp_path / "missing.ckpt")}, "Checkpoint not found"),
+        ({"ckpt_path": cnn, "layers": [99]}, "layer 99 is out of range"),
+        ({"ckpt_path": cnn, "data": {"root": str(tmp_path / "nothing")}}, "pass image="),
     ]:
-        result = run_cli("cvexp-visualize", *args, cwd=cwd)
-        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-        assert fragment in result.stderr, result.stderr
+        cfg = OmegaConf.merge(base, overrides)
+        with pytest.raises(UserError, match=fragment):
+            visualize(cfg)
