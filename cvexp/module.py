@@ -129,7 +129,7 @@ class ImageClassifier(L.LightningModule):
         scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=total_steps)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"},
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
 
     # ------------------------------------------------------------------ checkpoints

@@ -115,14 +115,6 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path: Path, tiny) -> None:
     assert {row["status"] for row in table} == {"1 failed", "1 completed"}
 
 
-def test_two_sweeps_in_the_same_second_do_not_collide(tmp_path: Path) -> None:
-    from cvexp.app import fresh_dir
-
-    first = fresh_dir(str(tmp_path / "multirun" / "2026-11-26" / "12-00-00"))
-    second = fresh_dir(str(tmp_path / "multirun" / "2026-11-26" / "12-00-00"))
-    assert first != second
-
-
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes(experiment: str) -> None:
     GlobalHydra.instance().clear()
