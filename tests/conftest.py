@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import pickle
 import shutil
 import subprocess
 import sys
@@ -15,13 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from PIL import Image
 
-from cvexp.app import register_resolvers
+from cvexp.app import compose_config, register_resolvers
+from cvexp.benchmarks.synthetic import write_batch_file
 from cvexp.data.formats import CLASSES
 
 TRAIN_PER_CLASS = 24
@@ -114,14 +112,7 @@ def write_batches_dir(root: Path, data: TinyCifar) -> Path:
     ]
     parts.append(("test_batch", data.test_images, data.test_labels, data.test_source_order))
     for name, images, labels, idx in parts:
-        batch = {
-            b"batch_label": name.encode(),
-            b"labels": labels[idx].tolist(),
-            b"data": images[idx].transpose(0, 3, 1, 2).reshape(len(idx), -1),  # channel-major rows
-            b"filenames": [f"{i}.png".encode() for i in idx],
-        }
-        with (folder / name).open("wb") as f:
-            pickle.dump(batch, f, protocol=2)
+        write_batch_file(folder / name, images[idx], labels[idx])
     return folder
 
 
@@ -198,17 +189,11 @@ def compose_train(tmp_path: Path, data_root: Path) -> Callable[..., DictConfig]:
     def _compose(
         *overrides: str, run_dir: Path | None = None, config_name: str = "train"
     ) -> DictConfig:
-        GlobalHydra.instance().clear()
-        with initialize_config_module(config_module="cvexp.conf", version_base="1.3"):
-            cfg = compose(
-                config_name,
-                overrides=[*FAST, f"data.root={data_root}", *overrides],
-                return_hydra_config=True,
-            )
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(run_dir or tmp_path / "run")
-        return cfg
+        return compose_config(
+            config_name,
+            [*FAST, f"data.root={data_root}", *overrides],
+            run_dir or tmp_path / "run",
+        )
 
     yield _compose
     GlobalHydra.instance().clear()

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cvexp.data import CIFAR10DataModule
-from cvexp.data.augment import augment_batch, random_crop
+from cvexp.data.augment import augment_batch, random_crop_flip, to_float_chw
 from cvexp.data.datamodule import ShardedBatchSampler, stratified_split
 from cvexp.data.formats import CLASSES, find_source, read_source
 from cvexp.errors import UserError
@@ -141,13 +141,32 @@ def test_augmentation_changes_train_batches_only(data_root: Path) -> None:
     assert not torch.equal(augmented, images)
 
 
-def test_random_crop_is_a_shifted_window_of_the_padded_image() -> None:
-    images = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
-    crops = random_crop(images, padding=2)
-    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
-    for b in range(2):
+def test_random_crop_flip_is_a_shifted_window_of_the_padded_image_maybe_mirrored() -> None:
+    images = torch.arange(64 * 8 * 8 * 3, dtype=torch.int64).view(64, 8, 8, 3)  # (B, H, W, C)
+    crops = random_crop_flip(images, padding=2, hflip=True)
+    padded = torch.nn.functional.pad(images.permute(0, 3, 1, 2), (2, 2, 2, 2))  # (B, C, 12, 12)
+    mirrored = 0
+    for b in range(64):
+        crop = crops[b].permute(2, 0, 1)  # (C, H, W)
         windows = [padded[b, :, i : i + 8, j : j + 8] for i in range(5) for j in range(5)]
-        assert any(torch.equal(crops[b], w) for w in windows)
+        plain = any(torch.equal(crop, w) for w in windows)
+        flipped = any(torch.equal(crop, w.flip(-1)) for w in windows)
+        assert plain or flipped
+        mirrored += flipped and not plain
+    assert 10 < mirrored < 54  # about half, independently per image
+    # uint8 batches take the same path to the same result
+    again = random_crop_flip(
+        images.to(torch.uint8), 2, generator=torch.Generator().manual_seed(3)
+    ).to(torch.int64)
+    reference = random_crop_flip(images, 2, generator=torch.Generator().manual_seed(3)) % 256
+    assert torch.equal(again, reference)
+
+
+def test_to_float_chw_matches_permute_and_scale() -> None:
+    images = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8)
+    converted = to_float_chw(images)
+    assert converted.is_contiguous()
+    assert torch.equal(converted, images.permute(0, 3, 1, 2).float() / 255)
 
 
 # ------------------------------------------------------------------ errors a user can cause

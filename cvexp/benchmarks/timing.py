@@ -8,6 +8,9 @@ from collections.abc import Callable
 
 import torch
 
+# A measurement: does its work once and returns (items processed, seconds of its timed window).
+Measurement = Callable[[], tuple[int, float]]
+
 
 def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work, so that wall-clock time covers it."""
@@ -15,22 +18,31 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def timed(run: Callable[[], int], device: torch.device) -> Measurement:
+    """A measurement of the whole call of `run`, which returns how many items it processed."""
+
+    def measure() -> tuple[int, float]:
+        synchronize(device)
+        start = time.perf_counter()
+        items = run()
+        synchronize(device)
+        return items, time.perf_counter() - start
+
+    return measure
+
+
 def interleaved_medians(
-    candidates: dict[str, Callable[[], int]], *, repeats: int, device: torch.device
+    candidates: dict[str, Measurement], *, repeats: int
 ) -> dict[str, dict[str, float | list[float]]]:
     """Run each candidate once per repeat, in turn (A, B, A, B, ...), so drift hits all alike.
 
-    Each candidate does its work and returns how many items it processed; the result per
-    candidate is its items per second, per repeat and as the median.
+    The result per candidate is its items per second, per repeat and as the median.
     """
     rates: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(repeats):
-        for name, run in candidates.items():
-            synchronize(device)
-            start = time.perf_counter()
-            items = run()
-            synchronize(device)
-            rates[name].append(items / (time.perf_counter() - start))
+        for name, measure in candidates.items():
+            items, seconds = measure()
+            rates[name].append(items / seconds)
     return {
         name: {"median": statistics.median(r), "repeats": [round(x, 2) for x in r]}
         for name, r in rates.items()

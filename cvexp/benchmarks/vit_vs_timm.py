@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cvexp.benchmarks.timing import interleaved_medians
+from cvexp.benchmarks.timing import interleaved_medians, timed
 from cvexp.models.vit import VisionTransformer
 
 CONFIG = {
@@ -45,7 +46,9 @@ def build_pair(config: dict[str, Any]) -> tuple[nn.Module, nn.Module]:
     return ours, anchor
 
 
-def train_steps(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int) -> callable:
+def train_steps(
+    net: nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int
+) -> Callable[[], int]:
     """A closure that runs `steps` optimiser steps and returns the number of images seen."""
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
     net.train()
@@ -70,12 +73,12 @@ def measure(
     images = torch.rand(batch_size, 3, 32, 32, device=dev)
     labels = torch.randint(0, 10, (batch_size,), device=dev)
     candidates = {
-        "ours": train_steps(ours, images, labels, steps),
-        "timm": train_steps(anchor, images, labels, steps),
+        "ours": timed(train_steps(ours, images, labels, steps), dev),
+        "timm": timed(train_steps(anchor, images, labels, steps), dev),
     }
-    for run in candidates.values():  # warm-up
-        run()
-    results = interleaved_medians(candidates, repeats=repeats, device=dev)
+    for measure in candidates.values():  # warm-up
+        measure()
+    results = interleaved_medians(candidates, repeats=repeats)
     return {
         "config": CONFIG,
         "batch_size": batch_size,

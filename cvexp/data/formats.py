@@ -208,14 +208,34 @@ def _decode_batch(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+def _assemble(parts_per_class: list[list[np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate per-class parts, class 0 first, into one (N, 32, 32, 3) uint8 tensor.
+
+    Each part is (n, 32, 32, 3) or one (32, 32, 3) image. Parts are released as they are
+    copied, so the peak is about one copy of the data, not the two that stack/concatenate
+    of everything at once would hold.
+    """
+    sizes = [sum(1 if p.ndim == 3 else len(p) for p in parts) for parts in parts_per_class]
+    images = torch.empty((sum(sizes), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=torch.uint8)
+    out, cursor = images.numpy(), 0
+    for parts in parts_per_class:
+        parts.reverse()
+        while parts:
+            part = parts.pop()
+            n = 1 if part.ndim == 3 else len(part)
+            out[cursor : cursor + n] = part
+            cursor += n
+    labels = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    return images, labels
+
+
 def _stack_batches(batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, ...]:
-    images, labels = zip(*batches, strict=True)
-    images_np, labels_np = np.concatenate(images), np.concatenate(labels)
-    order = np.argsort(labels_np, kind="stable")  # canonical order: by class, then source order
-    return (
-        torch.from_numpy(np.ascontiguousarray(images_np[order])),
-        torch.from_numpy(labels_np[order]),
-    )
+    """Official batches in canonical order: by class, then source order."""
+    parts_per_class: list[list[np.ndarray]] = [[] for _ in CLASSES]
+    for images, labels in batches:  # each batch is split by class and released
+        for label, parts in enumerate(parts_per_class):
+            parts.append(images[labels == label])  # a contiguous copy
+    return _assemble(parts_per_class)
 
 
 def _read_batches_dir(path: Path) -> Cifar10Tensors:
@@ -257,8 +277,8 @@ def _read_batches_tar(path: Path) -> Cifar10Tensors:
     return Cifar10Tensors(*train, *test)
 
 
-def _decode_image(data: bytes, name: str) -> np.ndarray:
-    """One image file as (32, 32, 3) uint8."""
+def _decode_image_into(out: np.ndarray, data: bytes, name: str) -> None:
+    """Decode one image file into `out`, a (32, 32, 3) uint8 view."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             array = np.asarray(image.convert("RGB"))
@@ -271,24 +291,39 @@ def _decode_image(data: bytes, name: str) -> np.ndarray:
             f"{name} is {array.shape[1]}x{array.shape[0]} pixels; CIFAR-10 images must be "
             f"{IMAGE_SIZE}x{IMAGE_SIZE}, so resize it or remove it."
         )
-    return array
+    out[...] = array
 
 
-def _stack_images(
-    split: str, origin: str, per_class: dict[str, list[tuple[str, np.ndarray]]]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    missing = [c for c in CLASSES if not per_class.get(c)]
-    if missing:
-        raise UserError(
-            f"{origin} has no {split} images for class {', '.join(missing)}; the image-folder "
-            f"layout needs {split}/<class>/ for all ten classes ({', '.join(CLASSES)})."
-        )
-    images, labels = [], []
-    for label, name in enumerate(CLASSES):
-        for _, array in sorted(per_class[name], key=lambda item: item[0]):
-            images.append(array)
-            labels.append(label)
-    return torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64)
+class _ImageSplit:
+    """One split's images, decoded straight into a preallocated (N, 32, 32, 3) buffer.
+
+    Holding 60,000 small arrays and stacking them would cost two copies of the data
+    (and the small arrays' heap is not given back); this costs one.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.images = torch.empty((count, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=torch.uint8)
+        self.keys: list[tuple[int, str]] = []  # (class index, file name), in decoding order
+
+    def add(self, class_name: str, filename: str, data: bytes, name: str) -> None:
+        _decode_image_into(self.images[len(self.keys)].numpy(), data, name)
+        self.keys.append((CLASSES.index(class_name), filename))
+
+    def tensors(self, split: str, origin: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, labels) in canonical order: by class, then by file name."""
+        present = {label for label, _ in self.keys}
+        missing = [c for i, c in enumerate(CLASSES) if i not in present]
+        if missing:
+            raise UserError(
+                f"{origin} has no {split} images for class {', '.join(missing)}; the image-folder "
+                f"layout needs {split}/<class>/ for all ten classes ({', '.join(CLASSES)})."
+            )
+        images = self.images[: len(self.keys)]
+        order = sorted(range(len(self.keys)), key=self.keys.__getitem__)
+        if order != list(range(len(order))):  # usually already sorted: no copy then
+            images = images[torch.tensor(order)]
+        labels = torch.tensor([self.keys[i][0] for i in order], dtype=torch.int64)
+        return images, labels
 
 
 def _check_class_dirs(split_dir: Path) -> None:
@@ -316,12 +351,16 @@ def _read_image_dir(path: Path) -> Cifar10Tensors:
     for split in SPLITS:
         split_dir = path / split
         _check_class_dirs(split_dir)
-        per_class = {
-            name: [(f.name, _decode_image(f.read_bytes(), str(f))) for f in _image_files(d)]
+        files = [
+            (name, file)
             for name in CLASSES
-            if (d := split_dir / name).is_dir()
-        }
-        tensors.extend(_stack_images(split, str(path), per_class))
+            if (class_dir := split_dir / name).is_dir()
+            for file in _image_files(class_dir)
+        ]
+        decoded = _ImageSplit(len(files))
+        for name, file in files:
+            decoded.add(name, file.name, file.read_bytes(), str(file))
+        tensors.extend(decoded.tensors(split, str(path)))
     return Cifar10Tensors(*tensors)
 
 
@@ -335,16 +374,14 @@ def _image_member_key(name: str) -> tuple[str, str, str] | None:
 
 
 def _read_image_tar(path: Path) -> Cifar10Tensors:
-    per_split: dict[str, dict[str, list[tuple[str, np.ndarray]]]] = {s: {} for s in SPLITS}
     try:
         with tarfile.open(path) as tar:
-            for member in tar:
+            images: list[tuple[str, str, str, tarfile.TarInfo]] = []  # split, class, file, member
+            for member in tar.getmembers():  # one pass over the index, to size the buffers
                 key = _image_member_key(member.name)
-                if key is None or not member.isfile():
+                if key is None or not member.isfile() or key[2].startswith("."):
                     continue
                 split, cls, filename = key
-                if filename.startswith("."):
-                    continue
                 label = f"{path}:{member.name}"
                 if cls not in CLASSES:
                     raise UserError(
@@ -355,13 +392,16 @@ def _read_image_tar(path: Path) -> Cifar10Tensors:
                     raise UserError(
                         f"{label} is not an image (.png or .jpg); remove it from the archive."
                     )
+                images.append((split, cls, filename, member))
+            decoded = {s: _ImageSplit(sum(1 for m in images if m[0] == s)) for s in SPLITS}
+            for split, cls, filename, member in images:
                 data = tar.extractfile(member).read()
-                per_split[split].setdefault(cls, []).append((filename, _decode_image(data, label)))
+                decoded[split].add(cls, filename, data, f"{path}:{member.name}")
     except (tarfile.TarError, OSError, EOFError) as err:
         raise UserError(
             f"The archive {path} is truncated or corrupt ({err}); copy or download it again."
         ) from None
     tensors: list[torch.Tensor] = []
     for split in SPLITS:
-        tensors.extend(_stack_images(split, str(path), per_split[split]))
+        tensors.extend(decoded[split].tensors(split, str(path)))
     return Cifar10Tensors(*tensors)

@@ -1,0 +1,240 @@
+"""Training-step throughput of the real cvexp-train fit loop against a plain PyTorch loop.
+
+Ours: the composed `train` config (VGG16-BN by default) through `build_trainer` and
+`Trainer.fit`, with its logging, metrics, LR logger and epoch-end checkpointing (best and
+last); only the progress bar, validation and early stopping are off. The plain loop:
+
+    for x, y in loader:
+        opt.zero_grad(); loss = F.cross_entropy(net(x), y); loss.backward(); opt.step()
+
+Both use the same net, the same DataModule loader and on-device augmentation, the same
+batch and number of steps, so the ratio isolates what Lightning and our callbacks cost.
+The timed window starts at batch `warmup` and, for ours, ends after the epoch-end
+checkpoints are written.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig
+
+from cvexp.app import compose_config
+from cvexp.benchmarks.timing import Measurement, interleaved_medians, synchronize
+from cvexp.data.augment import augment_batch
+from cvexp.train import build_trainer
+
+
+class StepTimer(Callback):
+    """Wall-clock marks inside a fit: end of the warm-up batches, and the end of training."""
+
+    def __init__(self, warmup: int, device: torch.device) -> None:
+        self.warmup, self.device = warmup, device
+        self.fit_start = self.timed_start = self.last_batch_end = self.train_end = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.fit_start = time.perf_counter()
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if batch_idx == self.warmup:
+            synchronize(self.device)
+            self.timed_start = time.perf_counter()
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        synchronize(self.device)
+        self.last_batch_end = time.perf_counter()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        synchronize(self.device)
+        self.train_end = time.perf_counter()
+
+
+def fit_overrides(
+    *, data_root: Path, batch_size: int, warmup: int, steps: int, accelerator: str, model: str
+) -> list[str]:
+    """cvexp-train overrides for one benchmark epoch of warmup + steps batches, no validation."""
+    return [
+        f"model={model}",
+        f"data.root={data_root}",
+        "data.download=false",
+        f"data.batch_size={batch_size}",
+        "data.val_size=100",
+        f"trainer.accelerator={accelerator}",
+        "trainer.devices=1",
+        "trainer.max_epochs=1",
+        f"trainer.limit_train_batches={warmup + steps}",
+        "trainer.limit_val_batches=0",
+        "trainer.num_sanity_val_steps=0",
+        "trainer.enable_progress_bar=false",
+        "callbacks.progress_bar=null",
+        "callbacks.early_stopping=null",
+        "callbacks.model_checkpoint.monitor=null",  # no validation: checkpoint every epoch end
+        "callbacks.model_checkpoint.filename='epoch{epoch:03d}'",
+        "callbacks.feature_maps=null",
+        "+trainer.enable_model_summary=false",
+    ]
+
+
+class LightningFit:
+    """Runs one real fit per call and keeps its timings; returns the images in the timed window."""
+
+    def __init__(
+        self, overrides: list[str], *, workdir: Path, warmup: int, steps: int, device: torch.device
+    ) -> None:
+        self.overrides, self.workdir = overrides, workdir
+        self.warmup, self.steps, self.device = warmup, steps, device
+        self.warmup_seconds: list[float] = []
+        self.epoch_end_seconds: list[float] = []
+        self.steps_only_rates: list[float] = []
+        self._runs = 0
+
+    def __call__(self) -> tuple[int, float]:
+        self._runs += 1
+        cfg = compose_config("train", self.overrides, self.workdir / f"fit-{self._runs}")
+        datamodule = instantiate(cfg.data)
+        classifier = instantiate(cfg.model)
+        timer = StepTimer(self.warmup, self.device)
+        trainer, _ = build_trainer(cfg, [timer])
+        trainer.fit(classifier, datamodule=datamodule)
+        images = self.steps * cfg.data.batch_size
+        self.warmup_seconds.append(timer.timed_start - timer.fit_start)
+        self.epoch_end_seconds.append(timer.train_end - timer.last_batch_end)
+        self.steps_only_rates.append(images / (timer.last_batch_end - timer.timed_start))
+        return images, timer.train_end - timer.timed_start
+
+
+def plain_loop(cfg: DictConfig, *, warmup: int, steps: int, device: torch.device) -> Measurement:
+    """A hand-written loop over the same net, loader and augmentation; returns the runner."""
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    optimizer_cfg = cfg.model.optimizer
+
+    def run() -> tuple[int, float]:
+        net = instantiate(cfg.model.net).to(device).train()
+        opt = torch.optim.SGD(
+            net.parameters(),
+            lr=optimizer_cfg.lr,
+            momentum=optimizer_cfg.momentum,
+            nesterov=optimizer_cfg.nesterov,
+            weight_decay=optimizer_cfg.weight_decay,
+        )
+        for i, (x, y) in enumerate(datamodule.train_dataloader()):
+            if i == warmup:
+                synchronize(device)
+                start = time.perf_counter()
+            if i == warmup + steps:
+                break
+            x, y = augment_batch(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
+            opt.zero_grad()
+            loss = F.cross_entropy(net(x), y)
+            loss.backward()
+            opt.step()
+        synchronize(device)
+        return steps * cfg.data.batch_size, time.perf_counter() - start
+
+    return run
+
+
+def quiet_lightning() -> None:
+    """Lightning's per-fit banners ("GPU available", "Trainable params") would flood the table."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+# The speed options, each one cvexp-train override, measured against the same fit without it.
+OPTIONS = {
+    "bf16_mixed": "trainer.precision=bf16-mixed",
+    "channels_last": "model.channels_last=true",
+    "compile": "model.compile=true",
+}
+
+
+def measure(
+    *,
+    data_root: Path,
+    workdir: Path,
+    model: str = "vgg16_bn",
+    batch_size: int = 64,
+    warmup: int = 2,
+    steps: int = 10,
+    repeats: int = 3,
+    options: tuple[str, ...] = tuple(OPTIONS),
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Framework overhead (ours / plain) and the speed-up of each option (with / without).
+
+    All candidates are interleaved repeat by repeat; each figure is a ratio of medians.
+    """
+    quiet_lightning()
+    dev = torch.device(device)
+    accelerator = "gpu" if dev.type == "cuda" else "cpu"
+    base = fit_overrides(
+        data_root=data_root,
+        batch_size=batch_size,
+        warmup=warmup,
+        steps=steps,
+        accelerator=accelerator,
+        model=model,
+    )
+    cfg = compose_config("train", base, workdir / "plain")
+    fits = {
+        name: LightningFit(
+            [*base, *extra], workdir=workdir / name, warmup=warmup, steps=steps, device=dev
+        )
+        for name, extra in [("ours", []), *((o, [OPTIONS[o]]) for o in options)]
+    }
+    candidates: dict[str, Measurement] = {
+        "plain": plain_loop(cfg, warmup=warmup, steps=steps, device=dev),
+        **fits,
+    }
+    rates = interleaved_medians(candidates, repeats=repeats)
+    ours = rates["ours"]["median"]
+    overhead = {
+        "ratio": ours / rates["plain"]["median"],
+        "ours_images_per_s": rates["ours"],
+        "plain_images_per_s": rates["plain"],
+        "ratio_steps_only": median(fits["ours"].steps_only_rates) / rates["plain"]["median"],
+        "epoch_end_checkpoint_seconds": median(fits["ours"].epoch_end_seconds),
+        "model": model,
+        "batch_size": batch_size,
+        "warmup_steps": warmup,
+        "timed_steps": steps,
+        "repeats": repeats,
+    }
+    option_results: dict[str, Any] = {}
+    for name in options:
+        option_results[name] = {
+            "override": OPTIONS[name],
+            "speedup": rates[name]["median"] / ours,
+            "images_per_s": rates[name],
+        }
+    if "compile" in options:  # the warm-up steps of a compiled fit include compiling
+        option_results["compile"]["compile_seconds"] = median(
+            fits["compile"].warmup_seconds
+        ) - median(fits["ours"].warmup_seconds)
+    return {"framework_overhead": overhead, "options": option_results}
+
+
+def make_workdir() -> Path:
+    """A scratch folder for the benchmark's runs, removed by the caller."""
+    return Path(tempfile.mkdtemp(prefix="cvexp-bench-"))
