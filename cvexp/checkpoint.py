@@ -14,25 +14,25 @@ from cvexp.errors import UserError
 from cvexp.module import ImageClassifier
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """torch.load with weights_only=True: tensors and plain containers only, never arbitrary code."""
+def read_checkpoint(path: str | Path, *, trust: bool = False) -> dict[str, Any]:
+    """Load a checkpoint file: tensors and plain containers only (torch.load weights_only=True),
+    so that loading can never run code. `trust=True` (the user's explicit
+    `trust_checkpoint=true`) allows arbitrary pickled objects, for files from a trusted source."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise UserError(f"Checkpoint not found: {file}; pass ckpt_path=<path to a .ckpt file>.")
     try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(file, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as err:
         if "weights_only" in str(err) or "Unsupported global" in str(err):
             raise UserError(
-                f"{file} needs arbitrary Python objects to load, which could run code; "
-                "only load checkpoints written by cvexp."
+                f"{file} holds pickled Python objects that could run code when loaded, so it was "
+                "refused; if you trust its source, pass trust_checkpoint=true to load it anyway."
             ) from None
         raise UserError(
             f"{file} is not a PyTorch checkpoint (it cannot be unpickled); check ckpt_path."
         ) from None
-    except (
-        Exception
-    ) as err:  # garbage makes the unpickler fail in many ways (KeyError, EOFError, ...)
+    except Exception as err:  # garbage makes the unpickler fail in many ways (KeyError, EOFError)
         first_line = (str(err).splitlines() or [type(err).__name__])[0]
         raise UserError(
             f"{file} is not a readable PyTorch checkpoint ({first_line}); check ckpt_path."
@@ -55,9 +55,12 @@ def offline_net_config(net_config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def load_classifier(path: str | Path) -> tuple[ImageClassifier, dict[str, Any]]:
-    """Rebuild the classifier saved in a cvexp checkpoint; returns it (in eval mode) and the raw checkpoint."""
-    checkpoint = read_checkpoint(path)
+def load_classifier(
+    path: str | Path, *, trust: bool = False
+) -> tuple[ImageClassifier, dict[str, Any]]:
+    """Rebuild the classifier saved in a cvexp checkpoint; returns it (in eval mode) and the raw
+    checkpoint. `trust` is passed to `read_checkpoint`."""
+    checkpoint = read_checkpoint(path, trust=trust)
     net_config = checkpoint.get("net_config")
     if not isinstance(net_config, dict) or "_target_" not in net_config:
         raise UserError(

@@ -8,6 +8,8 @@ from typing import Any
 
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from cvexp.errors import UserError
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """A crash or kill during the write leaves the previous checkpoint (e.g. last.ckpt) intact."""
@@ -20,6 +22,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         try:
             super().save_checkpoint(checkpoint, partial, storage_options)
             os.replace(partial, path)
+        except OSError as err:  # disk full, quota, file size limit, read-only folder
+            reason = os.strerror(err.errno) if err.errno else str(err)
+            raise UserError(
+                f"Could not write the checkpoint {path} ({reason}); the checkpoints already "
+                "there are unchanged. Free disk space (or write runs elsewhere with "
+                "hydra.run.dir=...) and continue with resume=<run dir>."
+            ) from None
         finally:
             if partial.exists():
                 partial.unlink()

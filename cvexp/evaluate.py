@@ -26,7 +26,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.get("ckpt_path"):
         raise UserError("cvexp-eval needs a checkpoint; pass ckpt_path=<path to a .ckpt file>.")
     out_dir = Path(cfg.paths.output_dir)
-    classifier, checkpoint = load_classifier(cfg.ckpt_path)
+    classifier, checkpoint = load_classifier(cfg.ckpt_path, trust=cfg.trust_checkpoint)
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     trainer: L.Trainer = instantiate(
         cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False

@@ -159,8 +159,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         checkpointing = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
         early_stopping = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
 
+        trust = bool(cfg.get("trust_checkpoint", False))
+        if cfg.get("ckpt_path"):  # refuse an unsafe or unreadable file before anything starts
+            read_checkpoint(cfg.ckpt_path, trust=trust)
         with ddp_relaunch_in_place(trainer):
-            trainer.fit(classifier, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            trainer.fit(
+                classifier,
+                datamodule=datamodule,
+                ckpt_path=cfg.get("ckpt_path"),
+                weights_only=not trust,
+            )
             fields.update(
                 best_model_path=_best_path(checkpointing), last_model_path=_last_path(checkpointing)
             )

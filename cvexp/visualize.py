@@ -78,7 +78,7 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
         raise UserError(
             "cvexp-visualize needs a checkpoint; pass ckpt_path=<path to a .ckpt file>."
         )
-    classifier, _ = load_classifier(cfg.ckpt_path)
+    classifier, _ = load_classifier(cfg.ckpt_path, trust=cfg.trust_checkpoint)
     net = classifier.net
     if cfg.get("image"):
         image, label, source = load_image_file(cfg.image), None, Path(cfg.image).name

@@ -1,8 +1,15 @@
 """Lightning callbacks of cvexp."""
 
+from cvexp.callbacks.finite_loss import FiniteLossGuard
 from cvexp.callbacks.interrupt_checkpoint import InterruptCheckpoint
 from cvexp.callbacks.learning_rate import LearningRateLogger
 from cvexp.callbacks.run_summary import RunSummary
 from cvexp.callbacks.visualization import VisualizationLogger
 
-__all__ = ["InterruptCheckpoint", "LearningRateLogger", "RunSummary", "VisualizationLogger"]
+__all__ = [
+    "FiniteLossGuard",
+    "InterruptCheckpoint",
+    "LearningRateLogger",
+    "RunSummary",
+    "VisualizationLogger",
+]

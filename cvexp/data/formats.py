@@ -13,11 +13,13 @@ yields the same tensors.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import io
 import os
 import pickle
 import re
+import sys
 import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -42,6 +44,11 @@ CLASSES: tuple[str, ...] = (
     "truck",
 )
 IMAGE_SIZE = 32
+try:  # glibc's malloc_trim, to bound the peak memory of decoding (see _assemble)
+    _LIBC = ctypes.CDLL("libc.so.6") if sys.platform.startswith("linux") else None
+    _LIBC.malloc_trim  # noqa: B018
+except (OSError, AttributeError):
+    _LIBC = None
 OFFICIAL_ARCHIVE = "cifar-10-python.tar.gz"
 OFFICIAL_DIR = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -208,6 +215,12 @@ def _decode_batch(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+def _release_freed_memory() -> None:
+    """Give freed heap pages back to the OS (glibc keeps them otherwise); a no-op elsewhere."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
 def _assemble(parts_per_class: list[list[np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Concatenate per-class parts, class 0 first, into one (N, 32, 32, 3) uint8 tensor.
 
@@ -225,6 +238,7 @@ def _assemble(parts_per_class: list[list[np.ndarray]]) -> tuple[torch.Tensor, to
             n = 1 if part.ndim == 3 else len(part)
             out[cursor : cursor + n] = part
             cursor += n
+        _release_freed_memory()  # the copied parts' pages go back as the output grows
     labels = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
     return images, labels
 

@@ -1,0 +1,245 @@
+"""cvexp-bench: our speed as ratios against the baselines users would otherwise use.
+
+    cvexp-bench                # the full run: a few minutes on 2 CPU cores
+    cvexp-bench --quick        # a smoke run in under a minute (too short to judge the goals)
+    cvexp-bench --data-root /path/to/cifar10 --out results/bench.json
+
+Every figure is a ratio of medians over interleaved repeats, measured side by side in this
+process (or, for memory, in fresh child interpreters), so that the machine's noise hits both
+sides alike. Without --data-root the data is generated: random pixels of CIFAR-10's shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cvexp.benchmarks import data_pipeline, framework_overhead, memory, vit_vs_timm
+from cvexp.benchmarks.synthetic import write_synthetic_cifar
+from cvexp.data import CIFAR10DataModule
+from cvexp.data.formats import find_source
+from cvexp.errors import UserError
+
+# The goals of the speed issue, for this machine's CPU; `ratio` is always ours / baseline.
+GOALS = {
+    "framework_overhead": ("ratio", ">=", 0.97),
+    "data_pipeline": ("ratio", ">=", 20.0),
+    "vit_vs_timm": ("ratio", ">=", 1.0),
+    "datamodule_memory": ("rss_mb", "<=", 300.0),
+}
+
+# Sizes per mode: the full run gives stable figures; --quick only proves the tool works.
+SETTINGS = {
+    "full": {
+        "fit": {"batch_size": 64, "warmup": 2, "steps": 16, "repeats": 3},
+        "options": ("bf16_mixed", "channels_last", "compile"),
+        "pipeline": {"images": 20_000, "repeats": 5},
+        "vit": {"batch_size": 128, "steps": 3, "repeats": 7},
+    },
+    "quick": {
+        "fit": {"batch_size": 16, "warmup": 1, "steps": 2, "repeats": 2},
+        "options": ("bf16_mixed", "channels_last"),  # compiling alone takes minutes on a CPU
+        "pipeline": {"images": 2_048, "repeats": 2},
+        "vit": {"batch_size": 32, "steps": 1, "repeats": 3},
+    },
+}
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    """What the figures were measured on."""
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": metadata.version("lightning"),
+        "timm": metadata.version("timm"),
+        "cvexp": metadata.version("cvexp"),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def check_goal(name: str, section: dict[str, Any], *, judged: bool) -> dict[str, Any]:
+    """Add the goal and whether it was met (None when the run is too short to judge)."""
+    key, op, target = GOALS[name]
+    value = section[key]
+    section["goal"] = f"{key} {op} {target}"
+    met = value >= target if op == ">=" else value <= target
+    section["goal_met"] = bool(met) if judged else None
+    return section
+
+
+def bench_data_root(data_root: Path | None, workdir: Path) -> tuple[Path, str]:
+    """The folder to benchmark on, and what it holds."""
+    if data_root is None:
+        return write_synthetic_cifar(workdir / "data"), "generated (random pixels, 50,000 + 10,000)"
+    root = data_root.expanduser().resolve()
+    source = find_source(root)
+    if source is None:
+        raise UserError(
+            f"No CIFAR-10 found at {root}; pass --data-root a folder that holds it in a "
+            "supported format, or leave --data-root out to benchmark on generated data."
+        )
+    return root, f"{source.kind} at {root}"
+
+
+def run(
+    *, quick: bool, data_root: Path | None, device: str, out: Path, overwrite: bool
+) -> dict[str, Any]:
+    """All four figures plus the options; writes and returns the results."""
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} exists; pass another --out, or --overwrite to replace it.")
+    settings = SETTINGS["quick" if quick else "full"]
+    dev = torch.device(device)
+    workdir = framework_overhead.make_workdir()
+    try:
+        root, data_description = bench_data_root(data_root, workdir)
+        results: dict[str, Any] = {"mode": "quick" if quick else "full", "data": data_description}
+        print(f"cvexp-bench ({results['mode']}) on {device}, data: {data_description}", flush=True)
+
+        print("  framework overhead and options ...", flush=True)
+        fits = framework_overhead.measure(
+            data_root=root,
+            workdir=workdir,
+            options=settings["options"],
+            device=device,
+            **settings["fit"],
+        )
+        results["framework_overhead"] = check_goal(
+            "framework_overhead", fits["framework_overhead"], judged=not quick
+        )
+        results["options"] = fits["options"]
+
+        print("  data pipeline ...", flush=True)
+        datamodule = CIFAR10DataModule(str(root), download=False)
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        pipeline = data_pipeline.measure(datamodule, device=device, **settings["pipeline"])
+        results["data_pipeline"] = check_goal("data_pipeline", pipeline, judged=not quick)
+        del datamodule
+
+        print("  scratch ViT vs timm ViT ...", flush=True)
+        vit = vit_vs_timm.measure(device=device, **settings["vit"])
+        results["vit_vs_timm"] = check_goal("vit_vs_timm", vit, judged=not quick)
+
+        print("  DataModule memory ...", flush=True)
+        results["datamodule_memory"] = check_goal(
+            "datamodule_memory", memory.measure(root), judged=not quick
+        )
+        results["machine"] = machine(dev)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def table(results: dict[str, Any]) -> str:
+    """The figures as a Markdown table."""
+    fo, dp = results["framework_overhead"], results["data_pipeline"]
+    vit, mem = results["vit_vs_timm"], results["datamodule_memory"]
+    rows = [
+        ("figure", "ours", "baseline", "ratio", "goal", "met"),
+        (
+            f"framework overhead (VGG16-BN train steps, batch {fo['batch_size']}, img/s)",
+            f"{fo['ours_images_per_s']['median']:.1f}",
+            f"{fo['plain_images_per_s']['median']:.1f} (plain loop)",
+            f"{fo['ratio']:.3f}",
+            fo["goal"],
+            _yes(fo["goal_met"]),
+        ),
+        (
+            "data pipeline (augmented + normalised, img/s)",
+            f"{dp['ours_images_per_s']['median']:,.0f}",
+            f"{dp['baseline_images_per_s']['median']:,.0f} (per-sample PIL)",
+            f"{dp['ratio']:.1f}",
+            dp["goal"],
+            _yes(dp["goal_met"]),
+        ),
+        (
+            "scratch ViT vs timm ViT (train steps, img/s)",
+            f"{vit['ours_images_per_s']['median']:.1f}",
+            f"{vit['timm_images_per_s']['median']:.1f} (timm)",
+            f"{vit['ratio']:.3f}",
+            vit["goal"],
+            _yes(vit["goal_met"]),
+        ),
+        (
+            "DataModule peak memory, full CIFAR-10 (MB over baseline)",
+            f"{mem['decode_rss_mb']:.0f} decoding, {mem['cached_rss_mb']:.0f} cached",
+            f"{mem['uint8_mb']:.0f} (the uint8 data)",
+            "",
+            mem["goal"],
+            _yes(mem["goal_met"]),
+        ),
+    ]
+    for option in results["options"].values():
+        extra = (
+            f", compile {option['compile_seconds']:.0f} s" if "compile_seconds" in option else ""
+        )
+        rows.append(
+            (
+                f"option {option['override']} (speed-up{extra})",
+                f"{option['images_per_s']['median']:.1f}",
+                f"{fo['ours_images_per_s']['median']:.1f} (without)",
+                f"{option['speedup']:.3f}",
+                "",
+                "",
+            )
+        )
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
+    return "\n".join(lines)
+
+
+def _yes(met: bool | None) -> str:
+    return "n/a (quick)" if met is None else "yes" if met else "NO"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line, run, print the table."""
+    parser = argparse.ArgumentParser(
+        prog="cvexp-bench", description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n")[1]
+    )
+    parser.add_argument("--quick", action="store_true", help="a smoke run under a minute")
+    parser.add_argument("--data-root", type=Path, default=None, help="CIFAR-10 in any format")
+    parser.add_argument("--out", type=Path, default=Path("bench.json"))
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    try:
+        results = run(
+            quick=args.quick,
+            data_root=args.data_root,
+            device=args.device,
+            out=args.out,
+            overwrite=args.overwrite,
+        )
+    except UserError as error:
+        print(f"cvexp-bench: error: {error}", file=sys.stderr)
+        return 2
+    print(table(results))
+    print(f"written to {args.out}")
+    return 0
+
+
+def cli() -> None:
+    """Console entry point `cvexp-bench`."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,46 @@
+"""cvexp-bench: the quick run works end to end and writes the contract's JSON. No timing asserts."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+
+@pytest.mark.slow
+def test_quick_bench_writes_the_contract_json_and_never_overwrites_it(tmp_path: Path) -> None:
+    done = run_cli("cvexp-bench", "--quick", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "bench.json").read_text())
+
+    for key in ("framework_overhead", "data_pipeline", "vit_vs_timm"):
+        ratio = results[key]["ratio"]
+        assert math.isfinite(ratio) and ratio > 0, key
+    memory = results["datamodule_memory"]
+    assert memory["images"] == 60_000  # the full-size DataModule, on generated data here
+    assert memory["rss_mb"] == memory["decode_rss_mb"] >= memory["cached_rss_mb"]
+    assert results["machine"]["device"] == "cpu" and results["machine"]["torch"]
+    assert set(results["options"]) == {"bf16_mixed", "channels_last"}
+    assert all(option["speedup"] > 0 for option in results["options"].values())
+    assert results["mode"] == "quick"
+    assert all(results[k]["goal_met"] is None for k in ("data_pipeline", "vit_vs_timm"))
+    assert "| data pipeline" in done.stdout  # the table
+
+    before = (tmp_path / "bench.json").read_bytes()
+    again = run_cli("cvexp-bench", "--quick", cwd=tmp_path)
+    assert again.returncode == 2
+    assert "bench.json exists" in again.stderr and "--overwrite" in again.stderr
+    assert "Traceback" not in again.stderr
+    assert (tmp_path / "bench.json").read_bytes() == before
+
+
+def test_bench_names_the_fix_for_a_folder_without_cifar10(tmp_path: Path) -> None:
+    done = run_cli("cvexp-bench", "--quick", "--data-root", str(tmp_path / "empty"), cwd=tmp_path)
+    assert done.returncode == 2
+    assert "No CIFAR-10 found" in done.stderr and "--data-root" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "bench.json").exists()
