@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.flop_counter import FlopCounterMode
 
+from cvexp.app import fresh_dir
 from cvexp.checkpoint import offline_net_config
 from cvexp.errors import UserError
 from cvexp.viz.curves import plot_convergence
@@ -314,11 +315,12 @@ def compare(
     """Read the runs under `paths`; write convergence.png, results.md and results.csv; return them."""
     runs = [read_run(p) for p in find_run_dirs(paths)]
     groups = group_runs(runs)
-    if out_dir is None:
+    if out_dir is None:  # a sweep folder gets its comparison; runs are never written into
+        one_sweep = len(paths) == 1 and not (paths[0] / ".hydra").is_dir()
         out_dir = (
             paths[0]
-            if len(paths) == 1
-            else Path("comparisons") / time.strftime("%Y-%m-%d_%H-%M-%S")
+            if one_sweep
+            else Path(fresh_dir(f"comparisons/{time.strftime('%Y-%m-%d_%H-%M-%S')}"))
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = results_rows(groups, metric)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -22,8 +23,8 @@ class ImageClassifier(L.LightningModule):
 
     `optimizer` is a factory called with `params=` (parameter groups: weight decay on
     weights, none on biases and norm parameters). `scheduler` is a factory called with
-    `optimizer=` and `total_steps=` (the number of optimiser steps in the whole fit); it is
-    stepped every batch.
+    `optimizer=`, and `total_steps=` (the number of optimiser steps in the whole fit) when it
+    takes that argument; it is stepped every batch.
 
     Fast paths: `channels_last` stores conv weights and inputs NHWC (faster convolutions on
     GPUs, with bf16 above all); `compile` compiles the net with `torch.compile` in place
@@ -75,8 +76,8 @@ class ImageClassifier(L.LightningModule):
         x, y = batch
         logits = self(x)
         loss = self.criterion(logits, y)
-        self.train_acc(logits, y)
-        self.train_loss(loss.detach(), weight=len(y))
+        self.train_acc.update(logits, y)  # update only: no per-batch compute
+        self.train_loss.update(loss.detach(), weight=len(y))
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
@@ -85,8 +86,8 @@ class ImageClassifier(L.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
-        self.val_loss(self.criterion(logits, y), weight=len(y))
-        self.val_acc(logits, y)
+        self.val_loss.update(self.criterion(logits, y), weight=len(y))
+        self.val_acc.update(logits, y)
         self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
 
@@ -100,9 +101,9 @@ class ImageClassifier(L.LightningModule):
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
-        self.test_loss(self.criterion(logits, y), weight=len(y))
-        self.test_acc(logits, y)
-        self.test_confusion(logits, y)
+        self.test_loss.update(self.criterion(logits, y), weight=len(y))
+        self.test_acc.update(logits, y)
+        self.test_confusion.update(logits, y)
         self.log("test/loss", self.test_loss, on_step=False, on_epoch=True)
         self.log("test/acc", self.test_acc, on_step=False, on_epoch=True)
 
@@ -135,8 +136,10 @@ class ImageClassifier(L.LightningModule):
             group["lr"] *= group.get("lr_scale", 1.0)
         if self.scheduler_factory is None:
             return optimizer
-        total_steps = int(self.trainer.estimated_stepping_batches)
-        scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=total_steps)
+        kwargs: dict[str, Any] = {"optimizer": optimizer}
+        if _accepts(self.scheduler_factory, "total_steps"):  # one-cycle, warmup_cosine
+            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(**kwargs)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
@@ -162,6 +165,15 @@ class ImageClassifier(L.LightningModule):
             and len(states["cuda"]) == torch.cuda.device_count()
         ):
             torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _accepts(factory: Callable[..., Any], name: str) -> bool:
+    """Whether a callable (a functools.partial from Hydra) takes the keyword `name`."""
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return True
+    return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
 def prepare_net(net: nn.Module, *, channels_last: bool = False, compile: bool = False) -> nn.Module:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -200,9 +202,18 @@ def compose_train(tmp_path: Path, data_root: Path) -> Callable[..., DictConfig]:
 
 
 def run_cli(
-    command: str, *args: str, cwd: Path, env: dict[str, str] | None = None
+    command: str,
+    *args: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    file_size_limit: int | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run a console script of this install as a subprocess."""
+    """Run a console script of this install as a subprocess; `file_size_limit` (bytes) makes
+    larger writes fail as on a full disk (RLIMIT_FSIZE: Python ignores SIGXFSZ, writes fail)."""
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
     full_env = {k: v for k, v in os.environ.items() if k not in ("CVEXP_DATA", "HYDRA_FULL_ERROR")}
     full_env.update(env or {})
     return subprocess.run(
@@ -212,4 +223,31 @@ def run_cli(
         capture_output=True,
         text=True,
         timeout=600,
+        preexec_fn=limit_file_size if file_size_limit else None,
     )
+
+
+def snapshot(folder: Path) -> dict[Path, bytes]:
+    """Every file under a folder, with its bytes."""
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_one_clear_error(result, *fragments: str) -> None:
+    """Non-zero exit, the fragments in stderr, and no Python traceback."""
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Traceback" not in output, output
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, tiny) -> tuple[Path, Path, dict]:
+    """One real `cvexp-train` run in a fresh working directory: (cwd, run dir, summary)."""
+    cwd = tmp_path_factory.mktemp("cli")
+    data_root = cwd / "data"
+    write_batches_dir(data_root, tiny)
+    result = run_cli("cvexp-train", *CLI_TINY, cwd=cwd)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (run_dir,) = [p for p in (cwd / "outputs").glob("*/*") if p.is_dir()]
+    return cwd, run_dir, json.loads((run_dir / "summary.json").read_text())

@@ -1,0 +1,303 @@
+"""The bad-input catalogue: every mistake a user can make, through the real console scripts.
+
+Each case runs a command as a subprocess and asserts a non-zero exit, one clear message
+that names the problem and the fix (no traceback), and that no file of an earlier run
+changed. Cases that need files build them in their own folder first. The cases run
+concurrently in one fixture, since each is mostly interpreter start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from cvexp.checkpoint import read_checkpoint
+from cvexp.errors import UserError
+from tests.conftest import (
+    CLI_TINY,
+    TinyCifar,
+    run_cli,
+    snapshot,
+    write_batches_dir,
+    write_image_tree,
+)
+
+
+class CreatesFile:
+    """Unpickling this object opens (creates) a file: what a malicious checkpoint could do."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@dataclass
+class Workspace:
+    """What a case can use: the finished run, a scratch folder, and the tiny dataset."""
+
+    cwd: Path
+    run_dir: Path
+    summary: dict
+    scratch: Path
+    tiny: TinyCifar
+
+    @property
+    def best(self) -> str:
+        return self.summary["best_model_path"]
+
+
+@dataclass
+class Case:
+    """A command, its arguments (built from the workspace) and the fragments of its message."""
+
+    command: str
+    args: Callable[[Workspace], list[str]]
+    fragments: tuple[str, ...]
+    file_size_limit: int | None = None
+
+
+def train(*overrides: str) -> Callable[[Workspace], list[str]]:
+    return lambda ws: [*CLI_TINY, *overrides]
+
+
+def train_on(make_root: Callable[[Workspace], Path]) -> Callable[[Workspace], list[str]]:
+    return lambda ws: [*CLI_TINY, f"data.root={make_root(ws)}"]
+
+
+def corrupt_archive(ws: Workspace) -> Path:
+    (ws.scratch / "cifar-10-python.tar.gz").write_bytes(b"\x1f\x8b" + bytes(range(256)) * 40)
+    return ws.scratch
+
+
+def truncated_batch(ws: Workspace) -> Path:
+    folder = write_batches_dir(ws.scratch, ws.tiny)
+    (folder / "data_batch_2").write_bytes((folder / "data_batch_2").read_bytes()[:500])
+    return ws.scratch
+
+
+def nine_classes(ws: Workspace) -> Path:
+    write_image_tree(ws.scratch, ws.tiny)
+    for split in ("train", "test"):
+        shutil.rmtree(ws.scratch / split / "truck")
+    return ws.scratch
+
+
+def text_among_images(ws: Workspace) -> Path:
+    write_image_tree(ws.scratch, ws.tiny)
+    (ws.scratch / "train" / "cat" / "notes.txt").write_text("not an image")
+    return ws.scratch
+
+
+def other_architecture(ws: Workspace) -> Path:
+    checkpoint = torch.load(ws.best, map_location="cpu", weights_only=True)
+    checkpoint["net_config"]["depth"] = 11  # claims a VGG11, holds VGG16 weights
+    torch.save(checkpoint, ws.scratch / "vgg11.ckpt")
+    return ws.scratch / "vgg11.ckpt"
+
+
+def empty_file(ws: Workspace) -> Path:
+    (ws.scratch / "empty.ckpt").write_bytes(b"")
+    return ws.scratch / "empty.ckpt"
+
+
+def crafted_pickle(ws: Workspace) -> Path:
+    torch.save(
+        {"state_dict": {}, "payload": CreatesFile(ws.scratch / "pwned")}, ws.scratch / "evil.ckpt"
+    )
+    return ws.scratch / "evil.ckpt"
+
+
+def text_as_image(ws: Workspace) -> Path:
+    (ws.scratch / "cat.png").write_text("not an image")
+    return ws.scratch / "cat.png"
+
+
+def empty_dir(ws: Workspace) -> Path:
+    (ws.scratch / "nothing").mkdir()
+    return ws.scratch / "nothing"
+
+
+# A scheduler that multiplies the learning rate by 1e14 after the first 2 steps (epoch 0):
+# epoch 0 trains and saves a best checkpoint, then the loss blows up in epoch 1.
+EXPLODING_LR = [
+    "~model.scheduler",
+    "+model.scheduler={_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,"
+    "step_size:2,gamma:1.0e14}",
+    "model.optimizer.lr=0.01",
+    "trainer.max_epochs=3",
+    "trainer.limit_val_batches=1",
+]
+
+CASES = {
+    "unknown-config-option": Case(
+        "cvexp-train", train("model=resnet999"), ("resnet999", "vgg16_bn")
+    ),
+    "wrong-type": Case(
+        "cvexp-train", train("data.batch_size=abc"), ("data.batch_size must be an integer",)
+    ),
+    "missing-dataset": Case(
+        "cvexp-train", train("data.root=./nowhere"), ("No CIFAR-10 found", "data.download=true")
+    ),
+    "download-without-network": Case(
+        "cvexp-train",
+        train(
+            "data.root=./empty",
+            "data.download=true",
+            "+data.download_url=http://127.0.0.1:9/cifar-10-python.tar.gz",
+        ),
+        ("Could not download CIFAR-10", "may be offline", "CVEXP_DATA"),
+    ),
+    "corrupt-archive": Case(
+        "cvexp-train", train_on(corrupt_archive), ("truncated or corrupt", "download it again")
+    ),
+    "truncated-batch-file": Case(
+        "cvexp-train",
+        train_on(truncated_batch),
+        ("data_batch_2 is truncated or corrupt", "data.download=true"),
+    ),
+    "image-folder-with-9-classes": Case(
+        "cvexp-train", train_on(nine_classes), ("no train images for class truck", "all ten")
+    ),
+    "text-file-among-images": Case(
+        "cvexp-train", train_on(text_among_images), ("notes.txt is not an image", "remove it")
+    ),
+    "val-size-zero": Case("cvexp-train", train("data.val_size=0"), ("data.val_size=0 is out",)),
+    "val-size-negative": Case(
+        "cvexp-train", train("data.val_size=-3"), ("data.val_size=-3 is out of range",)
+    ),
+    "val-size-whole-train-set": Case(
+        "cvexp-train", train("data.val_size=50000"), ("data.val_size=50000 is out of range",)
+    ),
+    "batch-not-divisible-by-devices": Case(
+        "cvexp-train",
+        train("trainer.devices=2", "trainer.strategy=ddp", "data.batch_size=9"),
+        ("data.batch_size=9 is not divisible by the 2 devices",),
+    ),
+    "eval-wrong-architecture": Case(
+        "cvexp-eval",
+        lambda ws: [f"ckpt_path={other_architecture(ws)}"],
+        ("do not fit the architecture",),
+    ),
+    "eval-empty-checkpoint": Case(
+        "cvexp-eval", lambda ws: [f"ckpt_path={empty_file(ws)}"], ("is not a", "ckpt_path")
+    ),
+    "eval-crafted-pickle": Case(
+        "cvexp-eval", lambda ws: [f"ckpt_path={crafted_pickle(ws)}"], ("trust_checkpoint=true",)
+    ),
+    "visualize-crafted-pickle": Case(
+        "cvexp-visualize",
+        lambda ws: [f"ckpt_path={crafted_pickle(ws)}"],
+        ("trust_checkpoint=true",),
+    ),
+    "train-from-crafted-pickle": Case(
+        "cvexp-train",
+        lambda ws: [*CLI_TINY, f"ckpt_path={crafted_pickle(ws)}"],
+        ("trust_checkpoint=true",),
+    ),
+    "visualize-text-as-image": Case(
+        "cvexp-visualize",
+        lambda ws: [f"ckpt_path={ws.best}", f"image={text_as_image(ws)}"],
+        ("is not a readable image", "image="),
+    ),
+    "compare-empty-dir": Case(
+        "cvexp-compare", lambda ws: [str(empty_dir(ws))], ("run directory or a sweep directory",)
+    ),
+    "compare-missing-dir": Case(
+        "cvexp-compare",
+        lambda ws: [str(ws.scratch / "missing")],
+        ("run directory or a sweep directory",),
+    ),
+    "disk-full-writing-a-checkpoint": Case(
+        "cvexp-train",
+        train(),
+        ("Could not write the checkpoint", "File too large", "resume="),
+        file_size_limit=20_000_000,  # the VGG16-BN checkpoint needs ~120 MB
+    ),
+}
+
+
+def new_run_dirs(cwd: Path, before: set[Path]) -> list[Path]:
+    return [p for p in (cwd / "outputs").glob("*/*") if p.is_dir() and p not in before]
+
+
+@dataclass
+class Outcome:
+    result: subprocess.CompletedProcess
+    scratch: Path
+
+
+@pytest.fixture(scope="module")
+def outcomes(finished_run, tmp_path_factory, tiny: TinyCifar) -> dict[str, Outcome]:
+    """Every case, run concurrently (each is mostly interpreter start-up), one thread each."""
+    cwd, run_dir, summary = finished_run
+    before, earlier_runs = snapshot(run_dir), set((cwd / "outputs").glob("*/*"))
+
+    def run(name: str) -> Outcome:
+        case = CASES[name]
+        scratch = tmp_path_factory.mktemp(name)
+        args = case.args(Workspace(cwd, run_dir, summary, scratch, tiny))
+        result = run_cli(
+            case.command,
+            *args,
+            cwd=cwd,
+            env={"OMP_NUM_THREADS": "1"},
+            file_size_limit=case.file_size_limit,
+        )
+        return Outcome(result, scratch)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = dict(zip(CASES, pool.map(run, CASES), strict=True))
+    assert snapshot(run_dir) == before  # an earlier run is never touched
+    for new in new_run_dirs(cwd, earlier_runs):  # a run that failed records why
+        if (new / "summary.json").is_file():
+            recorded = json.loads((new / "summary.json").read_text())
+            assert recorded["status"] == "failed" and recorded["error"], new
+        assert not list(new.rglob("*.partial")), new  # no half-written checkpoint left
+    return results
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_gets_one_clear_sentence_and_touches_nothing(name: str, outcomes) -> None:
+    result, scratch = outcomes[name].result, outcomes[name].scratch
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Traceback" not in output, output
+    for fragment in CASES[name].fragments:
+        assert fragment in result.stderr, result.stderr
+    assert not (scratch / "pwned").exists()  # no checkpoint ran code while loading
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_best_checkpoint_so_far(finished_run) -> None:
+    cwd, run_dir, _ = finished_run
+    before, earlier_runs = snapshot(run_dir), set((cwd / "outputs").glob("*/*"))
+    result = run_cli("cvexp-train", *CLI_TINY, *EXPLODING_LR, cwd=cwd)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    for fragment in ("The training loss became", "at epoch 1, step", "model.optimizer.lr"):
+        assert fragment in result.stderr, result.stderr
+    assert snapshot(run_dir) == before
+    (run,) = new_run_dirs(cwd, earlier_runs)
+    recorded = json.loads((run / "summary.json").read_text())
+    assert recorded["status"] == "failed" and "The training loss became" in recorded["error"]
+    (best,) = (run / "checkpoints").glob("epoch000-*.ckpt")  # saved after the healthy epoch
+    weights = read_checkpoint(best)["state_dict"]
+    assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+
+
+def test_a_crafted_checkpoint_runs_code_only_when_trusted(tmp_path: Path, tiny) -> None:
+    ws = Workspace(tmp_path, tmp_path, {}, tmp_path, tiny)
+    evil = crafted_pickle(ws)
+    with pytest.raises(UserError, match="trust_checkpoint=true"):
+        read_checkpoint(evil)
+    assert not (tmp_path / "pwned").exists()
+    read_checkpoint(evil, trust=True)  # what trust_checkpoint=true does: the payload runs
+    assert (tmp_path / "pwned").exists()
