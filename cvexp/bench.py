@@ -24,7 +24,13 @@ from typing import Any
 
 import torch
 
-from cvexp.benchmarks import data_pipeline, framework_overhead, memory, vit_vs_timm
+from cvexp.benchmarks import (
+    conv_vs_attention,
+    data_pipeline,
+    framework_overhead,
+    memory,
+    vit_vs_timm,
+)
 from cvexp.benchmarks.synthetic import write_synthetic_cifar
 from cvexp.data import CIFAR10DataModule
 from cvexp.data.formats import find_source
@@ -45,12 +51,14 @@ SETTINGS = {
         "options": ("bf16_mixed", "channels_last", "compile"),
         "pipeline": {"images": 20_000, "repeats": 5},
         "vit": {"batch_size": 128, "steps": 3, "repeats": 7},
+        "attention": {"batch_size": 128, "steps": 1, "repeats": 3, "with_memory": True},
     },
     "quick": {
-        "fit": {"batch_size": 16, "warmup": 1, "steps": 2, "repeats": 2},
+        "fit": {"batch_size": 16, "warmup": 1, "steps": 2, "repeats": 1},
         "options": ("bf16_mixed", "channels_last"),  # compiling alone takes minutes on a CPU
-        "pipeline": {"images": 2_048, "repeats": 2},
-        "vit": {"batch_size": 32, "steps": 1, "repeats": 3},
+        "pipeline": {"images": 1_024, "repeats": 2},
+        "vit": {"batch_size": 32, "steps": 1, "repeats": 2},
+        "attention": {"batch_size": 8, "steps": 1, "repeats": 1, "with_memory": False},
     },
 }
 
@@ -135,6 +143,11 @@ def run(
         vit = vit_vs_timm.measure(device=device, **settings["vit"])
         results["vit_vs_timm"] = check_goal("vit_vs_timm", vit, judged=not quick)
 
+        print("  ResNet-26: local self-attention vs convolution ...", flush=True)
+        results["conv_vs_attention"] = conv_vs_attention.measure(
+            device=device, **settings["attention"]
+        )
+
         print("  DataModule memory ...", flush=True)
         results["datamodule_memory"] = check_goal(
             "datamodule_memory", memory.measure(root), judged=not quick
@@ -186,6 +199,24 @@ def table(results: dict[str, Any]) -> str:
             _yes(mem["goal_met"]),
         ),
     ]
+    attention = results["conv_vs_attention"]
+    memory_mb = attention["peak_step_memory_mb"]
+    for name, key in (("resnet26_sasa", "ratio"), ("resnet26_full_sasa", "ratio_full_attention")):
+        peak = (
+            f", step peak {memory_mb[name]:.0f} MB vs {memory_mb['resnet26']:.0f}"
+            if memory_mb
+            else ""
+        )
+        rows.append(
+            (
+                f"{name} vs resnet26 (train steps, batch {attention['batch_size']}, img/s{peak})",
+                f"{attention['images_per_s'][name]['median']:.1f}",
+                f"{attention['images_per_s']['resnet26']['median']:.1f} (conv)",
+                f"{attention[key]:.3f}",
+                "",
+                "",
+            )
+        )
     for option in results["options"].values():
         extra = (
             f", compile {option['compile_seconds']:.0f} s" if "compile_seconds" in option else ""

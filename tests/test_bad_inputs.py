@@ -209,6 +209,16 @@ CASES = {
         lambda ws: [f"ckpt_path={ws.best}", f"image={text_as_image(ws)}"],
         ("is not a readable image", "image="),
     ),
+    "visualize-missing-checkpoint": Case(
+        "cvexp-visualize",
+        lambda ws: [f"ckpt_path={ws.scratch / 'missing.ckpt'}"],
+        ("Checkpoint not found", "ckpt_path="),
+    ),
+    "visualize-layer-out-of-range": Case(
+        "cvexp-visualize",
+        lambda ws: [f"ckpt_path={ws.best}", "layers=[99]"],
+        ("layer 99 is out of range",),
+    ),
     "compare-empty-dir": Case(
         "cvexp-compare", lambda ws: [str(empty_dir(ws))], ("run directory or a sweep directory",)
     ),

@@ -11,7 +11,7 @@ import torch
 from cvexp.checkpoint import read_checkpoint
 from cvexp.compare import compare
 from cvexp.train import train
-from tests.conftest import run_cli, snapshot, write_batches_dir
+from tests.conftest import snapshot, write_batches_dir
 
 BUILD_CACHE = """
 import sys, torch
@@ -45,18 +45,14 @@ def test_two_processes_building_the_same_cache_at_once(tmp_path: Path, tiny) -> 
     assert torch.equal(tensors["train_images"], torch.from_numpy(tiny.train_images))
 
 
-def test_compare_and_visualize_write_only_into_their_own_folders(
-    finished_run, tmp_path: Path, monkeypatch
-) -> None:
-    cwd, run_dir, summary = finished_run
+def test_compare_writes_only_into_its_own_folder(finished_run, tmp_path: Path, monkeypatch) -> None:
+    _, run_dir, _ = finished_run
     before = snapshot(run_dir)
     monkeypatch.chdir(tmp_path)
     out = compare([run_dir])["out_dir"]
     assert out.resolve().parent == (tmp_path / "comparisons").resolve()
     assert compare([run_dir])["out_dir"] != out  # a second comparison gets its own folder
-    result = run_cli("cvexp-visualize", f"ckpt_path={summary['best_model_path']}", cwd=cwd)
-    assert result.returncode == 0, result.stderr
-    assert snapshot(run_dir) == before
+    assert snapshot(run_dir) == before  # (cvexp-visualize: test_visualize_command)
 
 
 def test_seeded_deterministic_cpu_runs_are_identical(compose_train, tmp_path: Path) -> None:

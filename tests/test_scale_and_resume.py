@@ -16,6 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from cvexp.checkpoint import load_classifier
 from cvexp.checkpoint_io import AtomicCheckpointIO
 from cvexp.data import CIFAR10DataModule
+from cvexp.errors import UserError
 from tests.conftest import BIN, CLI_TINY, run_cli, write_batches_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,7 +146,7 @@ def test_a_crash_while_writing_keeps_the_previous_checkpoint(tmp_path: Path, mon
         raise OSError("No space left on device")
 
     monkeypatch.setattr("lightning.fabric.plugins.io.torch_io._atomic_save", crash_half_way)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(UserError, match=r"Could not write the checkpoint .*No space left.*resume="):
         io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "epoch": 2}, path)
     monkeypatch.undo()
     assert torch.load(path, weights_only=True)["epoch"] == 1

@@ -48,7 +48,8 @@ def random_crop_flip(
     hp, wp, n = h + 2 * padding, w + 2 * padding, 2 * padding + 1
     padded = images.new_zeros((b, hp, wp, c))
     padded[:, padding : padding + h, padding : padding + w] = images
-    window = torch.randint(0, n * n, (b,), device=dev, generator=generator)  # dy * n + dx
+    dy, dx = torch.randint(0, n, (2, b), device=dev, generator=generator)  # offsets in the padding
+    window = dy * n + dx
     if hflip:
         flip = torch.rand(b, device=dev, generator=generator) < 0.5
         window = window + flip * (n * n)
