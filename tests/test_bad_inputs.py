@@ -117,6 +117,11 @@ def crafted_pickle(ws: Workspace) -> Path:
     return ws.scratch / "evil.ckpt"
 
 
+def crafted_weights(ws: Workspace) -> Path:
+    torch.save({"pos_embed": CreatesFile(ws.scratch / "pwned")}, ws.scratch / "vit_tiny.pth")
+    return ws.scratch / "vit_tiny.pth"
+
+
 def text_as_image(ws: Workspace) -> Path:
     (ws.scratch / "cat.png").write_text("not an image")
     return ws.scratch / "cat.png"
@@ -172,9 +177,6 @@ CASES = {
         "cvexp-train", train_on(text_among_images), ("notes.txt is not an image", "remove it")
     ),
     "val-size-zero": Case("cvexp-train", train("data.val_size=0"), ("data.val_size=0 is out",)),
-    "val-size-negative": Case(
-        "cvexp-train", train("data.val_size=-3"), ("data.val_size=-3 is out of range",)
-    ),
     "val-size-whole-train-set": Case(
         "cvexp-train", train("data.val_size=50000"), ("data.val_size=50000 is out of range",)
     ),
@@ -204,6 +206,16 @@ CASES = {
         lambda ws: [*CLI_TINY, f"ckpt_path={crafted_pickle(ws)}"],
         ("trust_checkpoint=true",),
     ),
+    "timm-weights-crafted-pickle": Case(
+        "cvexp-train",
+        lambda ws: [
+            *CLI_TINY,
+            "model=timm_vit",
+            "model.net.name=vit_tiny_patch16_224",
+            f"model.net.weights={crafted_weights(ws)}",
+        ],
+        ("is not a readable weights file", "model.net.weights"),
+    ),
     "visualize-text-as-image": Case(
         "cvexp-visualize",
         lambda ws: [f"ckpt_path={ws.best}", f"image={text_as_image(ws)}"],
@@ -226,6 +238,11 @@ CASES = {
         "cvexp-compare",
         lambda ws: [str(ws.scratch / "missing")],
         ("run directory or a sweep directory",),
+    ),
+    "bench-without-cifar10": Case(
+        "cvexp-bench",
+        lambda ws: ["--quick", "--data-root", str(ws.scratch / "empty")],
+        ("No CIFAR-10 found", "--data-root"),
     ),
     "disk-full-writing-a-checkpoint": Case(
         "cvexp-train",

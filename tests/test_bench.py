@@ -36,11 +36,3 @@ def test_quick_bench_writes_the_contract_json_and_never_overwrites_it(tmp_path: 
     assert "bench.json exists" in again.stderr and "--overwrite" in again.stderr
     assert "Traceback" not in again.stderr
     assert (tmp_path / "bench.json").read_bytes() == before
-
-
-def test_bench_names_the_fix_for_a_folder_without_cifar10(tmp_path: Path) -> None:
-    done = run_cli("cvexp-bench", "--quick", "--data-root", str(tmp_path / "empty"), cwd=tmp_path)
-    assert done.returncode == 2
-    assert "No CIFAR-10 found" in done.stderr and "--data-root" in done.stderr
-    assert "Traceback" not in done.stderr
-    assert not (tmp_path / "bench.json").exists()

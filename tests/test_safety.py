@@ -59,7 +59,11 @@ def test_seeded_deterministic_cpu_runs_are_identical(compose_train, tmp_path: Pa
     results = []
     for name in ("a", "b"):
         cfg = compose_train(
-            "seed=7", "trainer.deterministic=true", "model=vgg16", run_dir=tmp_path / name
+            "seed=7",
+            "trainer.deterministic=true",
+            "model=vgg16",
+            "trainer.max_epochs=1",
+            run_dir=tmp_path / name,
         )
         summary = train(cfg)
         weights = read_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")

@@ -168,3 +168,24 @@ def test_interrupted_run_says_so(compose_train, tmp_path: Path, monkeypatch) -> 
         train(compose_train("trainer.max_epochs=1"))
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "interrupted"
+
+
+def test_speed_options_train_and_keep_checkpoints_portable(compose_train, tmp_path: Path) -> None:
+    cfg = compose_train(
+        "model.channels_last=true", "data.on_device=true", "trainer.fast_dev_run=true"
+    )
+    summary = train(cfg)
+    assert summary["status"] == "completed"
+    classifier, _ = load_classifier(summary["best_model_path"] or summary["last_model_path"])
+    assert classifier(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_compile_keeps_parameter_names_and_on_device_needs_no_workers(data_root: Path) -> None:
+    from cvexp.errors import UserError
+    from cvexp.models.vgg import VGG
+    from cvexp.module import prepare_net
+
+    names = list(VGG(depth=11).state_dict())
+    assert list(prepare_net(VGG(depth=11), compile=True).state_dict()) == names
+    with pytest.raises(UserError, match=r"data\.num_workers=0"):
+        CIFAR10DataModule(str(data_root), on_device=True, num_workers=2)

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The speed issue's GPU check, sized for one device call (under 8 minutes on one H100):
+# VGG16-BN with the GPU fast paths on the CIFAR-10 copy, then the per-epoch curve.
+#
+#   bash docs/gpu_fast_vgg16_bn.sh [DATA_ROOT]      # DATA_ROOT holds CIFAR-10 in any format
+#
+# On the lent GPU machine the shared copy does not travel: copy cifar10-jpeg.tar.gz into an
+# ignored folder (e.g. .device/data/) and carry it. Results go to outputs/gpu_fast/.
+set -euo pipefail
+data_root=${1:-.device/data}
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+python -m cvexp.train experiment=vgg16_bn_gpu_fast "data.root=$data_root" \
+  hydra.run.dir=outputs/gpu_fast trainer.enable_progress_bar=false callbacks.progress_bar=null
+python - <<'PY'
+import json
+from pathlib import Path
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+run = Path("outputs/gpu_fast")
+summary = json.loads((run / "summary.json").read_text())
+events = EventAccumulator(str(run / "tensorboard"))
+events.Reload()
+curve = [(e.step, round(e.value, 4)) for e in events.Scalars("val/acc")]
+epochs = summary["epochs_run"] or 1
+print(json.dumps({k: summary.get(k) for k in ("status", "best_val_acc", "test_acc", "epochs_run", "train_seconds", "device")}))
+print(f"seconds per epoch: {summary['train_seconds'] / epochs:.2f}; "
+      f"train images per second: {45000 * epochs / summary['train_seconds']:.0f}")
+print("val/acc per epoch (step, acc):", curve)
+PY
