@@ -128,3 +128,11 @@ def test_fast_dev_run_through_the_real_config(compose_train, tmp_path: Path, nam
     assert summary["status"] == "completed" and summary["model"] == name
     written = json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())
     assert written["params"] == summary["params"]
+
+
+def test_the_speed_comparison_runs() -> None:
+    from cvexp.benchmarks.conv_vs_attention import measure
+
+    result = measure(batch_size=2, steps=1, repeats=1, with_memory=False)
+    assert set(result["images_per_s"]) == {"resnet26", "resnet26_sasa", "resnet26_full_sasa"}
+    assert result["ratio"] > 0 and result["ratio_full_attention"] > 0
