@@ -214,7 +214,7 @@ CASES = {
             "model.net.name=vit_tiny_patch16_224",
             f"model.net.weights={crafted_weights(ws)}",
         ],
-        ("is not a readable weights file", "model.net.weights"),
+        ("could run code", "model.net.weights= a .safetensors file"),
     ),
     "visualize-text-as-image": Case(
         "cvexp-visualize",

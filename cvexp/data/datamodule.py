@@ -35,13 +35,12 @@ class BatchGather(Dataset):
     def __getitem__(self, positions: torch.Tensor | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         rows = self.indices[torch.as_tensor(positions)].to(self.images.device, non_blocking=True)
         # index_select: many times faster than images[rows] for a batch of whole images
-        return self.images.index_select(0, rows), self.labels.index_select(
-            0, rows
-        )  # (B, 32, 32, 3) uint8, (B,) int64
+        images = self.images.index_select(0, rows)  # (B, 32, 32, 3) uint8
+        return images, self.labels.index_select(0, rows)  # (B,) int64
 
 
 class ShardedBatchSampler:
-    """Yields batches of positions (int64 tensors): this rank's share of a (seeded, per-epoch) permutation, in batches.
+    """Yields (B,) int64 tensors of positions: this rank's share of a seeded per-epoch permutation.
 
     Every rank draws the same permutation from `seed + epoch`, then takes every
     `world_size`-th element, so ranks see disjoint data and a resumed run sees the same

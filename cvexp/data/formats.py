@@ -44,11 +44,13 @@ CLASSES: tuple[str, ...] = (
     "truck",
 )
 IMAGE_SIZE = 32
-try:  # glibc's malloc_trim, to bound the peak memory of decoding (see _assemble)
-    _LIBC = ctypes.CDLL("libc.so.6") if sys.platform.startswith("linux") else None
-    _LIBC.malloc_trim  # noqa: B018
-except (OSError, AttributeError):
-    _LIBC = None
+_LIBC = None  # glibc, for malloc_trim: bounds the peak memory of decoding (see _assemble)
+if sys.platform.startswith("linux"):
+    try:
+        _LIBC = ctypes.CDLL("libc.so.6")
+        _LIBC.malloc_trim  # noqa: B018  (musl and others lack it)
+    except (OSError, AttributeError):
+        _LIBC = None
 OFFICIAL_ARCHIVE = "cifar-10-python.tar.gz"
 OFFICIAL_DIR = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -222,22 +224,20 @@ def _release_freed_memory() -> None:
 
 
 def _assemble(parts_per_class: list[list[np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenate per-class parts, class 0 first, into one (N, 32, 32, 3) uint8 tensor.
+    """Concatenate per-class parts, each (n, 32, 32, 3), class 0 first, into one uint8 tensor.
 
-    Each part is (n, 32, 32, 3) or one (32, 32, 3) image. Parts are released as they are
-    copied, so the peak is about one copy of the data, not the two that stack/concatenate
-    of everything at once would hold.
+    Parts are released as they are copied, so the peak is about one copy of the data, not
+    the two that concatenating everything at once would hold.
     """
-    sizes = [sum(1 if p.ndim == 3 else len(p) for p in parts) for parts in parts_per_class]
+    sizes = [sum(len(p) for p in parts) for parts in parts_per_class]
     images = torch.empty((sum(sizes), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=torch.uint8)
     out, cursor = images.numpy(), 0
     for parts in parts_per_class:
         parts.reverse()
         while parts:
             part = parts.pop()
-            n = 1 if part.ndim == 3 else len(part)
-            out[cursor : cursor + n] = part
-            cursor += n
+            out[cursor : cursor + len(part)] = part
+            cursor += len(part)
         _release_freed_memory()  # the copied parts' pages go back as the output grows
     labels = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
     return images, labels

@@ -7,6 +7,7 @@ Any timm model name works (ViTs, ConvNeXts, ResNets, ...). Weights come from tim
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,6 +51,7 @@ def create_timm_model(
                 f"from {name}, or set model.net.name to the file's architecture."
             )
 
+        found = _weight_names(file)  # read safely first: refuses a file that could run code
         try:  # timm's own file path: adapts the classifier and the position embeddings, no network
             model = timm.create_model(
                 name, pretrained=True, pretrained_cfg_overlay={"file": str(file)}, **kwargs
@@ -61,7 +63,6 @@ def create_timm_model(
         classifier = model.get_classifier().named_parameters(prefix=_classifier_prefix(model))
         head = {key for key, _ in classifier}
         backbone = [k for k in model.state_dict() if k not in head]
-        found = _weight_names(file)
         missing = [k for k in backbone if k not in found]
         if len(missing) > len(backbone) // 2:
             raise mismatch(f"{len(missing)} of its {len(backbone)} tensors are not in the file")
@@ -94,6 +95,15 @@ def _weight_names(file: Path) -> set[str]:
             state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError:  # the legacy (non-zip) format cannot be mapped
             state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            raise UserError(
+                f"{file} holds pickled Python objects that could run code when loaded, so it was "
+                "refused; pass model.net.weights= a .safetensors file or a state dict of tensors."
+            ) from None
+        raise UserError(
+            f"{file} is not a readable weights file ({type(err).__name__}); check model.net.weights."
+        ) from None
     except Exception as err:
         raise UserError(
             f"{file} is not a readable weights file ({type(err).__name__}); check model.net.weights."
