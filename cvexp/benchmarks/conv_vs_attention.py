@@ -17,11 +17,10 @@ import sys
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cvexp.benchmarks.memory import peak_rss_mb
-from cvexp.benchmarks.timing import interleaved_medians, timed
+from cvexp.benchmarks.timing import interleaved_medians, timed, train_steps
 from cvexp.models.resnet_sasa import ResNet
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -34,16 +33,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 def one_step(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int):
     """A runner of `steps` SGD steps; returns the images it processed."""
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-    net.train()
-
-    def run() -> int:
-        for _ in range(steps):
-            optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(net(images), labels).backward()
-            optimizer.step()
-        return steps * len(images)
-
-    return run
+    return train_steps(net, images, labels, steps, optimizer)
 
 
 def peak_step_memory_mb(name: str, batch_size: int, device: str) -> float:

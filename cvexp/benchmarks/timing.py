@@ -31,6 +31,26 @@ def timed(run: Callable[[], int], device: torch.device) -> Measurement:
     return measure
 
 
+def train_steps(
+    net: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    steps: int,
+    optimizer: torch.optim.Optimizer,
+) -> Callable[[], int]:
+    """A runner of `steps` optimiser steps (cross-entropy) that returns the images it processed."""
+    net.train()
+
+    def run() -> int:
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(net(images), labels).backward()
+            optimizer.step()
+        return steps * len(images)
+
+    return run
+
+
 def interleaved_medians(
     candidates: dict[str, Measurement], *, repeats: int
 ) -> dict[str, dict[str, float | list[float]]]:

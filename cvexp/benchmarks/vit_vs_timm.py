@@ -12,16 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from cvexp.benchmarks.timing import interleaved_medians, timed
+from cvexp.benchmarks.timing import interleaved_medians, timed, train_steps
 from cvexp.models.vit import VisionTransformer
 
 CONFIG = {
@@ -46,23 +44,6 @@ def build_pair(config: dict[str, Any]) -> tuple[nn.Module, nn.Module]:
     return ours, anchor
 
 
-def train_steps(
-    net: nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int
-) -> Callable[[], int]:
-    """A closure that runs `steps` optimiser steps and returns the number of images seen."""
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
-    net.train()
-
-    def run() -> int:
-        for _ in range(steps):
-            optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(net(images), labels).backward()
-            optimizer.step()
-        return steps * len(images)
-
-    return run
-
-
 def measure(
     *, batch_size: int = 128, steps: int = 5, repeats: int = 7, device: str = "cpu"
 ) -> dict[str, Any]:
@@ -73,8 +54,11 @@ def measure(
     images = torch.rand(batch_size, 3, 32, 32, device=dev)
     labels = torch.randint(0, 10, (batch_size,), device=dev)
     candidates = {
-        "ours": timed(train_steps(ours, images, labels, steps), dev),
-        "timm": timed(train_steps(anchor, images, labels, steps), dev),
+        name: timed(
+            train_steps(net, images, labels, steps, torch.optim.AdamW(net.parameters(), lr=1e-3)),
+            dev,
+        )
+        for name, net in (("ours", ours), ("timm", anchor))
     }
     for measure in candidates.values():  # warm-up
         measure()
