@@ -1,7 +1,8 @@
-"""Load a cvexp checkpoint safely and rebuild its classifier with no outside knowledge."""
+"""cvexp checkpoints: written atomically, read safely, and rebuilt into a classifier alone."""
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -9,9 +10,10 @@ from typing import Any
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from cvexp.errors import UserError
-from cvexp.module import ImageClassifier
+from cvexp.classifier import ImageClassifier
+from cvexp.runtime.errors import UserError
 
 
 def read_checkpoint(path: str | Path, *, trust: bool = False) -> dict[str, Any]:
@@ -104,3 +106,26 @@ def _mismatch(
     expected = {f"net.{k}" for k in classifier.net.state_dict()}
     given = {k for k in state_dict if k.startswith("net.")}
     return sorted(expected - given), sorted(given - expected)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """A crash or kill during the write leaves the previous checkpoint (e.g. last.ckpt) intact."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    ) -> None:
+        path = Path(path)
+        partial = path.with_name(f".{path.name}.partial")
+        try:
+            super().save_checkpoint(checkpoint, partial, storage_options)
+            os.replace(partial, path)
+        except OSError as err:  # disk full, quota, file size limit, read-only folder
+            reason = os.strerror(err.errno) if err.errno else str(err)
+            raise UserError(
+                f"Could not write the checkpoint {path} ({reason}); the checkpoints already "
+                "there are unchanged. Free disk space (or write runs elsewhere with "
+                "hydra.run.dir=...) and continue with resume=<run dir>."
+            ) from None
+        finally:
+            if partial.exists():
+                partial.unlink()

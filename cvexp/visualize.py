@@ -1,4 +1,4 @@
-"""cvexp-visualize: filters, per-layer feature maps and ViT attention of a checkpoint, as PNGs.
+"""cvexp-visualize: filters, per-layer feature maps and attention maps of a checkpoint, as PNGs.
 
 cvexp-visualize ckpt_path=.../best.ckpt                        # test image 0 of CIFAR-10
 cvexp-visualize ckpt_path=.../best.ckpt image=cat.png          # any image file
@@ -16,20 +16,13 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image, UnidentifiedImageError
 
-from cvexp.app import CONFIG_PATH, VERSION_BASE, exit_on_user_error, register_resolvers
+from cvexp.runtime.errors import exit_on_user_error
+from cvexp.runtime.hydra_app import CONFIG_PATH, VERSION_BASE, register_resolvers
 from cvexp.checkpoint import load_classifier
 from cvexp.data import CLASSES, CIFAR10DataModule
-from cvexp.errors import UserError
-from cvexp.viz.attention import attention_figure
-from cvexp.viz.features import (
-    conv_blocks,
-    feature_grid_figure,
-    feature_maps,
-    filters_figure,
-    overview_figure,
-    select_layers,
-)
+from cvexp.runtime.errors import UserError
 from cvexp.viz.figures import predictions_figure, save_figure
+from cvexp.viz.network import network_figures
 
 IMAGE_SIZE = 32
 
@@ -79,7 +72,6 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
             "cvexp-visualize needs a checkpoint; pass ckpt_path=<path to a .ckpt file>."
         )
     classifier, _ = load_classifier(cfg.ckpt_path, trust=cfg.trust_checkpoint)
-    net = classifier.net
     if cfg.get("image"):
         image, label, source = load_image_file(cfg.image), None, Path(cfg.image).name
     else:
@@ -91,15 +83,14 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
     truth = f", true: {CLASSES[label]}" if label is not None else ""
     caption = f"{source}: predicted {CLASSES[predicted]} ({probabilities[predicted]:.0%}){truth}"
     out = Path(cfg.paths.output_dir)
-    written: list[Path] = []
-    if hasattr(net, "features") and conv_blocks(net.features):
-        written += write_cnn_figures(net, image, cfg, out, caption)
-    elif hasattr(net, "get_attention_maps"):
-        written += write_attention_figures(net, image, cfg, out, caption)
-    else:
-        raise UserError(
-            f"{cfg.ckpt_path} holds a network with neither conv features nor attention maps to show."
+    layers = cfg.get("layers")
+    try:
+        figures = network_figures(
+            classifier.net, image, caption=caption, layers=layers, top_k=cfg.top_k
         )
+    except IndexError as error:
+        raise UserError(f"{error}; pass layers=[...] with indices in that range.") from None
+    written = [save_figure(fig, out / f"{name}.png") for name, fig in figures.items()]
     labels = torch.tensor([label if label is not None else predicted])
     written.append(
         save_figure(
@@ -109,61 +100,6 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
     )
     print(f"wrote {len(written)} figures to {out}")
     return {"out_dir": out, "files": written, "predicted": CLASSES[predicted]}
-
-
-def write_cnn_figures(
-    net: torch.nn.Module, image: torch.Tensor, cfg: DictConfig, out: Path, caption: str
-) -> list[Path]:
-    """filters/, feature_maps/ and overview.png for a network with conv `features`."""
-    blocks = conv_blocks(net.features)
-    try:
-        chosen = select_layers(len(blocks), cfg.get("layers"))
-    except IndexError as error:
-        raise UserError(f"{error}; pass layers=[...] with indices in that range.") from None
-    maps = feature_maps(net, image, chosen)
-    written = []
-    for index in chosen:
-        name, _, conv = blocks[index]
-        shape = tuple(conv.weight.shape)
-        fig = filters_figure(conv, title=f"layer {index} ({name}) filters {shape}")
-        written.append(save_figure(fig, out / "filters" / f"layer{index:02d}.png"))
-        layer_maps = maps[name]
-        title = f"layer {index} ({name}) feature maps {tuple(layer_maps.shape)}\n{caption}"
-        fig = feature_grid_figure(layer_maps, title=title, k=cfg.top_k)
-        written.append(save_figure(fig, out / "feature_maps" / f"layer{index:02d}.png"))
-    overview = {f"layer {i}": maps[blocks[i][0]] for i in chosen}
-    written.append(
-        save_figure(overview_figure(image, overview, title=caption), out / "overview.png")
-    )
-    return written
-
-
-def write_attention_figures(
-    net: torch.nn.Module, image: torch.Tensor, cfg: DictConfig, out: Path, caption: str
-) -> list[Path]:
-    """attention/ (per block: every head's class-token attention; rollout) and overview.png for a ViT."""
-    attentions = net.eval().get_attention_maps(image[None])
-    try:
-        blocks = select_layers(
-            len(attentions), cfg.get("layers") if cfg.get("layers") is not None else [-1]
-        )
-    except IndexError as error:
-        raise UserError(
-            f"{str(error).replace('conv layers', 'blocks')}; pass layers=[...] in that range."
-        ) from None
-    written = [
-        save_figure(
-            attention_figure(image, attentions, blocks=[b], title=f"block {b}\n{caption}"),
-            out / "attention" / f"block{b:02d}.png",
-        )
-        for b in blocks
-    ]
-    written.append(
-        save_figure(
-            attention_figure(image, attentions, blocks=blocks, title=caption), out / "overview.png"
-        )
-    )
-    return written
 
 
 register_resolvers()

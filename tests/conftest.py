@@ -20,7 +20,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 from PIL import Image
 
-from cvexp.app import compose_config, register_resolvers
+from cvexp.runtime.hydra_app import compose_config, register_resolvers
 from cvexp.benchmarks.synthetic import write_batch_file
 from cvexp.data.formats import CLASSES
 
@@ -29,8 +29,14 @@ TEST_PER_CLASS = 6
 SHARED_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 BIN = Path(sys.executable).parent
 
+TEST_CONF = Path(__file__).resolve().parent / "conf"
+# The tiny test model (tests/conf/model/tiny.yaml, a VGG of a few thousand parameters); a
+# later model=... override replaces it in tests that are about a real model.
+TINY_MODEL = [f"hydra.searchpath=[file://{TEST_CONF}]", "model=tiny"]
+
 # Fast CPU settings for the real configs: tiny batches, a couple of steps, no progress bar.
 FAST = [
+    *TINY_MODEL,
     "trainer.accelerator=cpu",
     "trainer.devices=1",
     "trainer.max_epochs=2",
@@ -45,14 +51,22 @@ FAST = [
     "data.val_size=40",
 ]
 
-# The same, as overrides for the console scripts run on a tiny dataset in ./data.
+# The same, as overrides for the console scripts run on a tiny dataset in ./data: one epoch.
 CLI_TINY = [
-    "debug=default",
+    *TINY_MODEL,
+    "trainer.accelerator=cpu",
+    "trainer.devices=1",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_progress_bar=false",
+    "callbacks.progress_bar=null",
     "data.download=false",
     "data.val_size=40",
     "data.batch_size=8",
-    "trainer.limit_train_batches=2",
-    "trainer.enable_progress_bar=false",
 ]
 
 

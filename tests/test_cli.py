@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cvexp.app import fresh_dir, path_safe
+from cvexp.runtime.hydra_app import path_safe
+from cvexp.runtime.run_dir import claim_fresh_dir
 from tests.conftest import CLI_TINY, run_cli
 
 TINY = CLI_TINY
@@ -21,7 +22,7 @@ def test_train_cli_writes_the_run_directory(finished_run) -> None:
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert summary["status"] == "completed"
-    assert summary["model"] == "vgg16_bn"
+    assert summary["model"] == "tiny"
     assert Path(summary["best_model_path"]).is_file()
     assert "data.val_size=40" in summary["overrides"]
     # data.root=./data (the default) was resolved against the working directory
@@ -51,12 +52,41 @@ def test_eval_cli_writes_metrics_per_class_accuracy_and_confusion_matrix(finishe
     assert "test/acc_per_class/cat" in events.Tags()["scalars"]
 
 
-def test_fresh_dir_never_reuses_a_directory(tmp_path: Path) -> None:
+def test_claim_fresh_dir_never_reuses_a_directory(tmp_path: Path) -> None:
     target = tmp_path / "2026-11-26" / "12-00-00"
-    assert fresh_dir(str(target)) == str(target)
+    assert claim_fresh_dir(target) == target
     assert target.is_dir()  # claimed at once, so a concurrent run cannot take it too
-    assert fresh_dir(str(target)) == f"{target}-1"
-    assert fresh_dir(str(target)) == f"{target}-2"
+    assert claim_fresh_dir(target) == Path(f"{target}-1")
+    assert claim_fresh_dir(target) == Path(f"{target}-2")
+
+
+@pytest.mark.parametrize(
+    ("command", "name"),
+    [
+        ("cvexp-train", "cvexp-train"),
+        ("cvexp-eval", "cvexp-eval"),
+        ("cvexp-visualize", "cvexp-visualize"),
+    ],
+)
+def test_help_names_the_command_and_leaves_the_working_directory_as_it_was(
+    tmp_path: Path, command: str, name: str
+) -> None:
+    result = run_cli(command, "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{name}: ")
+    assert "powered by Hydra" not in result.stdout
+    assert run_cli(command, "--cfg", "job", cwd=tmp_path).returncode == 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_explicit_run_dir_that_holds_a_run_is_refused_and_left_as_it_was(finished_run) -> None:
+    cwd, run_dir, _ = finished_run
+    before = {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+    result = run_cli("cvexp-train", *TINY, "seed=7", f"hydra.run.dir={run_dir}", cwd=cwd)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"resume={run_dir}" in result.stderr
+    assert {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()} == before
 
 
 def test_path_safe_names_are_short_unique_and_flat() -> None:

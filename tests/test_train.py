@@ -135,7 +135,7 @@ def test_failed_run_writes_summary_and_keeps_earlier_runs(
     def explode(self, batch, batch_idx):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("cvexp.module.ImageClassifier.training_step", explode)
+    monkeypatch.setattr("cvexp.classifier.ImageClassifier.training_step", explode)
     failed = tmp_path / "failed"
     with pytest.raises(RuntimeError, match="boom"):
         train(compose_train("trainer.max_epochs=1", run_dir=failed))
@@ -161,7 +161,7 @@ def test_interrupted_run_says_so(compose_train, tmp_path: Path, monkeypatch) -> 
     def ctrl_c(self, batch, batch_idx):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("cvexp.module.ImageClassifier.training_step", ctrl_c)
+    monkeypatch.setattr("cvexp.classifier.ImageClassifier.training_step", ctrl_c)
     with pytest.raises(
         (SystemExit, KeyboardInterrupt)
     ):  # Lightning turns Ctrl+C into exit status 1
@@ -181,9 +181,9 @@ def test_speed_options_train_and_keep_checkpoints_portable(compose_train, tmp_pa
 
 
 def test_compile_keeps_parameter_names_and_on_device_needs_no_workers(data_root: Path) -> None:
-    from cvexp.errors import UserError
+    from cvexp.runtime.errors import UserError
     from cvexp.models.vgg import VGG
-    from cvexp.module import prepare_net
+    from cvexp.classifier import prepare_net
 
     names = list(VGG(depth=11).state_dict())
     assert list(prepare_net(VGG(depth=11), compile=True).state_dict()) == names

@@ -11,22 +11,21 @@ from omegaconf import OmegaConf
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cvexp.errors import UserError
+from cvexp.runtime.errors import UserError
 from cvexp.models.vgg import VGG
 from cvexp.models.vit import VisionTransformer
 from cvexp.train import train
 from cvexp.visualize import visualize
 from cvexp.viz.attention import attention_figure, attention_rollout
+from cvexp.models.intermediates import take_indices
 from cvexp.viz.features import (
-    conv_blocks,
     feature_grid_figure,
-    feature_maps,
     filters_figure,
     normalised_rgb_filters,
     overview_figure,
-    select_layers,
 )
 from cvexp.viz.figures import save_figure
+from cvexp.viz.network import layer_outputs, spatial_convs
 from tests.conftest import run_cli, snapshot
 
 TINY_VIT = {"embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0}
@@ -42,15 +41,18 @@ def test_figures_are_written_and_decode(tmp_path: Path) -> None:
     torch.manual_seed(0)
     net = VGG(depth=11).eval()
     image = torch.rand(3, 32, 32)
-    maps = feature_maps(net, image)
+    maps = layer_outputs(net, image)
+    convs = spatial_convs(net)
     figures = {
-        "filters0": filters_figure(conv_blocks(net.features)[0][2], title="first"),
-        "filters5": filters_figure(conv_blocks(net.features)[5][2], title="deep"),
-        "grid": feature_grid_figure(next(iter(maps.values())), title="grid", k=9),
-        "overview": overview_figure(image, {k: v for k, v in maps.items()}, title="overview"),
+        "filters0": filters_figure(convs[0][1], title="first"),
+        "filters5": filters_figure(convs[5][1], title="deep"),
+        "grid": feature_grid_figure(maps[0], title="grid", k=9),
+        "overview": overview_figure(
+            image, {f"layer {i}": m for i, m in enumerate(maps)}, title="o"
+        ),
         "attention": attention_figure(
             image,
-            VisionTransformer(**TINY_VIT).get_attention_maps(image[None]),
+            VisionTransformer(**TINY_VIT).attention_maps(image[None]),
             blocks=[0, 1],
             title="vit",
         ),
@@ -72,33 +74,31 @@ def test_filter_grid_shows_the_normalised_first_layer_weights() -> None:
     assert shown.min() == 0 and shown.max() == 1
 
 
-def test_feature_map_hooks_match_running_the_layers_by_hand() -> None:
+def test_vgg_intermediates_match_running_the_layers_by_hand() -> None:
     torch.manual_seed(0)
     net = VGG(depth=11, batch_norm=True).eval()
-    image = torch.rand(3, 32, 32)
-    before = net(image[None]).detach()
-    recorded = feature_maps(net, image, layers=[0, 3, -1])
-    blocks = conv_blocks(net.features)
-    assert list(recorded) == [blocks[0][0], blocks[3][0], blocks[-1][0]]
+    image = torch.rand(1, 3, 32, 32)
+    chosen = net.forward_intermediates(image, indices=[0, 3, -1], intermediates_only=True)
     with torch.no_grad():
-        x = net.normalize(image[None])
-        by_hand = {}
+        x, by_hand = net.normalize(image), []
         for module in net.features:
             x = module(x)
-            for conv_name, activation, _ in blocks:
-                if module is activation:
-                    by_hand[conv_name] = x[0].clone()
-    for name, maps in recorded.items():
-        torch.testing.assert_close(maps, by_hand[name])
-    # the hooks are gone and the network computes what it did before
-    assert all(not m._forward_hooks for m in net.modules())
-    torch.testing.assert_close(net(image[None]), before)
+            if isinstance(module, torch.nn.ReLU):
+                by_hand.append(x.clone())
+    assert len(by_hand) == 8
+    for got, expected in zip(chosen, [by_hand[0], by_hand[3], by_hand[7]], strict=True):
+        torch.testing.assert_close(got, expected)
+    features, every = net.forward_intermediates(image)
+    assert len(every) == 8
+    torch.testing.assert_close(net.forward_head(features), net(image))
 
 
 def test_layer_indices_are_checked() -> None:
-    assert select_layers(13, [0, -1]) == [0, 12]
+    assert take_indices(13, [0, -1]) == [0, 12]
+    assert take_indices(13, 2) == [11, 12]
+    assert take_indices(3, None) == [0, 1, 2]
     with pytest.raises(IndexError, match="layer 13 is out of range"):
-        select_layers(13, [13])
+        take_indices(13, [13])
 
 
 def test_attention_rollout_by_hand() -> None:
@@ -123,8 +123,8 @@ def test_attention_rollout_by_hand() -> None:
 @pytest.mark.parametrize(
     ("model", "tags"),
     [
-        ("vgg16_bn", {"viz/predictions", "viz/filters", "viz/feature_maps"}),
-        ("vit", {"viz/predictions", "viz/attention"}),
+        ("tiny", {"viz/predictions", "viz/filters", "viz/feature_maps"}),
+        ("vit", {"viz/predictions", "viz/feature_maps", "viz/attention"}),
     ],
 )
 def test_training_callback_logs_images_to_tensorboard(
@@ -193,10 +193,10 @@ def test_visualize_command(compose_train, tmp_path: Path, data_root: Path) -> No
     assert names == [
         "feature_maps/layer00.png",
         "feature_maps/layer04.png",
-        "feature_maps/layer12.png",
+        "feature_maps/layer07.png",
         "filters/layer00.png",
         "filters/layer04.png",
-        "filters/layer12.png",
+        "filters/layer07.png",
         "overview.png",
         "prediction.png",
     ]
@@ -211,6 +211,9 @@ def test_visualize_command(compose_train, tmp_path: Path, data_root: Path) -> No
     assert sorted(p.relative_to(newest).as_posix() for p in newest.rglob("*.png")) == [
         "attention/block00.png",
         "attention/block01.png",
+        "attention/rollout.png",
+        "feature_maps/layer00.png",
+        "feature_maps/layer01.png",
         "overview.png",
         "prediction.png",
     ]
@@ -221,3 +224,42 @@ def test_visualize_command(compose_train, tmp_path: Path, data_root: Path) -> No
     cfg = OmegaConf.merge(base, {"ckpt_path": cnn, "data": {"root": str(tmp_path / "nothing")}})
     with pytest.raises(UserError, match="pass image="):
         visualize(cfg)
+
+
+SMALL_RESNET = [
+    "model.net.blocks=[1,1,1,1]",
+    "model.net.widths=[8,8,8,8]",
+    "model.net.stem_width=8",
+    "model.net.num_heads=2",
+]
+
+
+@pytest.mark.parametrize("model", ["resnet26", "resnet26_sasa", "resnet26_full_sasa"])
+def test_visualize_draws_every_resnet26_variant(
+    compose_train, tmp_path: Path, data_root: Path, model: str
+) -> None:
+    ckpt = train(
+        compose_train(
+            f"model={model}", *SMALL_RESNET, "trainer.max_epochs=1", run_dir=tmp_path / "r"
+        )
+    )["best_model_path"]
+    cfg = OmegaConf.create(
+        {
+            "ckpt_path": ckpt,
+            "data": {"root": str(data_root)},
+            "paths": {"output_dir": str(tmp_path / "viz")},
+            "image": None,
+            "test_index": 3,
+            "layers": None,
+            "top_k": 4,
+            "trust_checkpoint": False,
+        }
+    )
+    files = {p.relative_to(tmp_path / "viz").as_posix() for p in visualize(cfg)["files"]}
+    # the stem and four bottlenecks: five layers of feature maps
+    assert {f"feature_maps/layer{i:02d}.png" for i in range(5)} <= files
+    assert "overview.png" in files and "prediction.png" in files
+    has_filters = any(f.startswith("filters/") for f in files)
+    has_attention = any(f.startswith("attention/layer") for f in files)
+    assert has_filters == (model != "resnet26_full_sasa")  # full attention: no spatial conv
+    assert has_attention == (model != "resnet26")

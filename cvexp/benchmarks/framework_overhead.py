@@ -29,10 +29,10 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
-from cvexp.app import compose_config
+from cvexp.runtime.hydra_app import compose_config
 from cvexp.benchmarks.timing import Measurement, interleaved_medians, synchronize
 from cvexp.data.augment import augment_batch
-from cvexp.train import build_trainer
+from cvexp.runtime.trainer import build_trainer
 
 
 class StepTimer(Callback):
@@ -113,7 +113,7 @@ class LightningFit:
         datamodule = instantiate(cfg.data)
         classifier = instantiate(cfg.model)
         timer = StepTimer(self.warmup, self.device)
-        trainer, _ = build_trainer(cfg, [timer])
+        trainer = build_trainer(cfg, [timer])
         trainer.fit(classifier, datamodule=datamodule)
         images = self.steps * cfg.data.batch_size
         self.warmup_seconds.append(timer.timed_start - timer.fit_start)

@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from cvexp.errors import UserError
+from cvexp.runtime.errors import UserError
 
 
 class FiniteLossGuard(Callback):

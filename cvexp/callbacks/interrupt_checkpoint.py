@@ -13,9 +13,8 @@ class InterruptCheckpoint(Callback):
     """Writes `last.ckpt` (atomically, through the trainer's checkpoint IO) when a fit is interrupted.
 
     Lightning turns SIGTERM into SIGTERMException at the next batch, on every rank at once,
-    and Ctrl+C into KeyboardInterrupt; both reach `on_exception`. The checkpoint says whether
-    the epoch was complete (`interrupted_mid_epoch`), and `resume=RUN_DIR` continues from it.
-    A resumed mid-epoch run starts that epoch's batches again from the start of its order.
+    and Ctrl+C into KeyboardInterrupt; both reach `on_exception`. `resume=RUN_DIR` continues
+    from it; a run stopped mid-epoch starts that epoch's batches again from the start of its order.
     """
 
     def on_exception(
@@ -29,8 +28,4 @@ class InterruptCheckpoint(Callback):
         checkpointing = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
         if checkpointing is None or checkpointing.dirpath is None or trainer.global_step == 0:
             return
-        loop = trainer.fit_loop.epoch_loop
-        pl_module.interrupted_mid_epoch = (
-            loop.batch_progress.current.completed < trainer.num_training_batches
-        )
         trainer.save_checkpoint(Path(checkpointing.dirpath) / "last.ckpt")

@@ -14,44 +14,72 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 import cvexp
+from cvexp.runtime.errors import user_error_message
 
 STATUSES = ("completed", "stopped_early", "failed", "interrupted")
 
 
 class RunSummary(Callback):
-    """Tracks the best validation epoch and training time; `write()` saves summary.json (rank 0 only).
+    """Keeps the run's record in `summary.json`, driven by Lightning's hooks (rank 0 writes).
 
-    Its state (best epoch, seconds trained so far) is saved in checkpoints, so a resumed
-    run continues the record instead of restarting it.
+    - `setup`: the net's size and the validation split;
+    - `on_validation_end`: the best epoch so far of `monitor`;
+    - `on_fit_end`: completed or stopped early, the best and last checkpoints (from the
+      `ModelCheckpoint`), epochs run and training time;
+    - `on_test_end`: the test metrics and the checkpoint they came from;
+    - `on_exception`: failed (with the one-sentence error) or interrupted.
+
+    `record_failure` covers errors raised before the Trainer runs. Its state (best epoch,
+    seconds trained) is saved in checkpoints, so a resumed run continues the record. With
+    `hparams`, TensorBoard's HPARAMS tab gets them with the final best val/acc and test/acc.
     """
 
-    def __init__(self, path: str | Path, *, monitor: str = "val/acc", mode: str = "max") -> None:
-        self.path = Path(path)
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        fields: dict[str, Any] | None = None,
+        hparams: dict[str, Any] | None = None,
+        test_after_fit: bool = True,
+        monitor: str = "val/acc",
+        mode: str = "max",
+    ) -> None:
+        self.path = Path(run_dir) / "summary.json"
+        self.record: dict[str, Any] = {
+            "status": "failed",
+            "params": None,
+            "test_acc": None,
+            "best_model_path": None,
+            "last_model_path": None,
+            "epochs_run": 0,
+            "split": {},
+            **(fields or {}),
+        }
+        self.hparams, self.test_after_fit = hparams, test_after_fit
         self.monitor, self.mode = monitor, mode
         self.best_score: float | None = None
         self.best_epoch: int | None = None
         self.train_seconds = 0.0
         self._fit_started: float | None = None
 
-    # ------------------------------------------------------------------ tracking
+    # ------------------------------------------------------------------ Lightning hooks
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        net = getattr(pl_module, "net", pl_module)
+        self.record["params"] = sum(p.numel() for p in net.parameters())
+        self.record["trainable_params"] = sum(p.numel() for p in net.parameters() if p.requires_grad)
+        split_record = getattr(trainer.datamodule, "split_record", None)
+        if callable(split_record):
+            self.record["split"] = split_record()
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fit_started = time.perf_counter()
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._stop_clock()
-
-    def on_exception(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
-    ) -> None:
-        self._stop_clock()
-
-    def _stop_clock(self) -> None:
-        if self._fit_started is not None:
-            self.train_seconds += time.perf_counter() - self._fit_started
-            self._fit_started = None
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
@@ -63,44 +91,112 @@ class RunSummary(Callback):
         if better:
             self.best_score, self.best_epoch = score, trainer.current_epoch
 
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop_clock()
+        stopping = trainer.early_stopping_callback
+        stopped = stopping is not None and stopping.stopped_epoch > 0
+        self.record["status"] = "stopped_early" if stopped else "completed"
+        self._record_fit(trainer)
+        self.write(trainer, final=not self.test_after_fit)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = trainer.callback_metrics
+        self.record["test_acc"] = _number(metrics.get("test/acc"))
+        self.record["test_loss"] = _number(metrics.get("test/loss"))
+        self.record["tested_checkpoint"] = (
+            trainer.ckpt_path or "the last weights (no best checkpoint was saved)"
+        )
+        self.write(trainer, final=True)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._stop_clock()
+        if trainer.state.fn == "fit":
+            self._record_fit(trainer)
+        self._record_error(exception)
+        self.write(trainer, final=True)
+
     def state_dict(self) -> dict[str, Any]:
         seconds = self.train_seconds
         if self._fit_started is not None:
             seconds += time.perf_counter() - self._fit_started
-        return {
-            "best_score": self.best_score,
-            "best_epoch": self.best_epoch,
-            "train_seconds": seconds,
-        }
+        return {"best_score": self.best_score, "best_epoch": self.best_epoch, "train_seconds": seconds}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best_score = state_dict.get("best_score")
         self.best_epoch = state_dict.get("best_epoch")
         self.train_seconds = float(state_dict.get("train_seconds", 0.0))
 
-    # ------------------------------------------------------------------ writing
+    # ------------------------------------------------------------------ the record
 
-    def write(self, fields: dict[str, Any]) -> dict[str, Any]:
-        """Merge `fields` with what this callback tracked and the environment; write atomically."""
-        if fields.get("status") not in STATUSES:
-            raise ValueError(f"status must be one of {STATUSES}, got {fields.get('status')!r}")
-        summary = {
+    def record_failure(self, exception: BaseException) -> None:
+        """Write the summary of a run that failed before (or outside) the Trainer's hooks."""
+        if self.record.get("error") is None and self.record["status"] not in ("interrupted",):
+            self._record_error(exception)
+        self.write(None, final=False)
+
+    def _record_error(self, exception: BaseException) -> None:
+        if isinstance(exception, (KeyboardInterrupt, SystemExit)):  # SIGTERMException included
+            self.record["status"] = "interrupted"
+            return
+        self.record["status"] = "failed"
+        self.record["error"] = user_error_message(exception) or f"{type(exception).__name__}: {exception}"
+
+    def _record_fit(self, trainer: L.Trainer) -> None:
+        checkpointing = trainer.checkpoint_callback
+        if checkpointing is not None:
+            self.record["best_model_path"] = checkpointing.best_model_path or None
+            self.record["last_model_path"] = checkpointing.last_model_path or None
+        self.record["epochs_run"] = trainer.current_epoch
+
+    def _stop_clock(self) -> None:
+        if self._fit_started is not None:
+            self.train_seconds += time.perf_counter() - self._fit_started
+            self._fit_started = None
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """The record with what this callback tracked and the environment."""
+        return {
             "best_val_acc": self.best_score,
             "best_epoch": self.best_epoch,
             "train_seconds": round(self.train_seconds, 3),
-            **fields,
+            **self.record,
             "versions": environment_versions(),
             "device": device_name(),
             "git_commit": git_commit(),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+
+    def write(self, trainer: L.Trainer | None, *, final: bool) -> None:
+        """Write summary.json atomically (rank 0); when `final`, fill the HPARAMS tab too."""
+        if rank_zero_only.rank != 0:
+            return
+        if self.record.get("status") not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {self.record.get('status')!r}")
+        summary = self.summary
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(
             "w", dir=self.path.parent, suffix=".tmp", delete=False
         ) as tmp:
             json.dump(summary, tmp, indent=2, default=str)
         os.replace(tmp.name, self.path)
-        return summary
+        if final and trainer is not None and self.hparams is not None:
+            log_hparams(trainer, self.hparams, summary)
+
+
+def log_hparams(trainer: L.Trainer, hparams: dict[str, Any], summary: dict[str, Any]) -> None:
+    """TensorBoard's HPARAMS tab, once, with the real best val/acc and test/acc."""
+    metrics = {"hp/best_val_acc": summary.get("best_val_acc"), "hp/test_acc": summary.get("test_acc")}
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(hparams, {k: v for k, v in metrics.items() if v is not None})
+            logger.finalize("success")
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def environment_versions() -> dict[str, str]:

@@ -10,18 +10,17 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from cvexp.data.formats import CLASSES
-from cvexp.errors import UserError
-from cvexp.viz.attention import attention_figure
-from cvexp.viz.features import conv_blocks, feature_maps, filters_figure, overview_figure
+from cvexp.runtime.errors import UserError
 from cvexp.viz.figures import predictions_figure
+from cvexp.viz.network import network_figures
 
 
 class VisualizationLogger(Callback):
     """Every `every_n_epochs` epochs and at the end of fit, log figures of fixed validation images.
 
-    Tags: `viz/filters` (first conv layer), `viz/feature_maps` (the first image through every
-    conv block) or `viz/attention` (ViTs: class-token attention per head of the last block,
-    and rollout), and `viz/predictions` (the labelled grid). The images are drawn from the
+    Tags: `viz/predictions` (the labelled grid), and from `network_figures` for the first
+    image: `viz/filters` (first conv layer), `viz/overview` (the image through every layer)
+    and `viz/attention` (a ViT's class-token attention of the last block, or local attention). The images are drawn from the
     held-out split with `seed` and stay the same in every epoch, so the TensorBoard slider
     shows their progression. `viz/seconds` records what the callback cost.
     """
@@ -75,33 +74,11 @@ class VisualizationLogger(Callback):
             predictions_figure(batch[0], probabilities, batch[1], CLASSES, title=title),
             step,
         )
-        first = images[0]
-        if hasattr(net, "features") and conv_blocks(net.features):
-            blocks = conv_blocks(net.features)
-            writer.add_figure(
-                "viz/filters",
-                filters_figure(blocks[0][2], title=f"epoch {step}: first conv layer"),
-                step,
-            )
-            maps = {
-                f"layer {i}": m.float().cpu()
-                for i, m in enumerate(feature_maps(net, first).values())
-            }
-            fig = overview_figure(
-                batch[0][0],
-                maps,
-                title=f"epoch {step}: one validation image through the conv blocks",
-            )
-            writer.add_figure("viz/feature_maps", fig, step)
-        elif hasattr(net, "get_attention_maps"):
-            try:
-                attentions = [a.float().cpu() for a in net.get_attention_maps(first[None])]
-            except UserError:  # e.g. a timm CNN: it has no attention to draw
-                attentions = []
-            if attentions:
-                fig = attention_figure(
-                    batch[0][0], attentions, blocks=[len(attentions) - 1], title=f"epoch {step}"
-                )
-                writer.add_figure("viz/attention", fig, step)
+        try:
+            figures = network_figures(net, batch[0][0], caption=f"epoch {step}", every_layer=False)
+        except UserError:  # a timm model that does not expose its layers: predictions only
+            figures = {}
+        for name, fig in figures.items():
+            writer.add_figure(f"viz/{name}", fig, step)
         net.train(was_training)
         writer.add_scalar("viz/seconds", time.perf_counter() - start, step)

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from cvexp.data.augment import augment_batch, to_float_chw
 from cvexp.data.download import OFFICIAL_URL, download_official
 from cvexp.data.formats import CLASSES, Cifar10Tensors, Source, find_source, read_source
-from cvexp.errors import UserError
+from cvexp.runtime.errors import UserError
 
 OFFICIAL_TRAIN_SIZE = 50_000
 CACHE_DIR = ".cvexp_cache"

@@ -23,10 +23,13 @@ mixes space; the paper's spatially-aware value mixture is left out.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cvexp.models.intermediates import take_indices
 from cvexp.models.normalize import CIFAR10_MEAN, CIFAR10_STD, Normalize
 
 
@@ -257,6 +260,42 @@ class ResNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, 32, 32) in [0, 1] -> (B, C, 4, 4) feature map of the last stage."""
         return self.stages(self.stem(self.normalize(x)))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        *,
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """The stem's output, then each bottleneck's, each (B, C, h, w)."""
+        layers = [self.stem, *(block for stage in self.stages for block in stage)]
+        wanted = set(take_indices(len(layers), indices))
+        x = self.normalize(x)
+        intermediates = []
+        for i, layer in enumerate(layers):
+            x = layer(x)
+            if i in wanted:
+                intermediates.append(x)  # (B, C, h, w)
+        return intermediates if intermediates_only else (x, intermediates)
+
+    @torch.no_grad()
+    def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each local self-attention layer's weights (B, heads, k*k, H, W), in forward order;
+        empty for the all-convolution ResNet."""
+        layers = [m for m in self.modules() if isinstance(m, LocalSelfAttention2d)]
+        weights: list[torch.Tensor] = []
+
+        def record(layer: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> None:
+            weights.append(layer.forward(inputs[0], return_attention=True)[1])  # no hooks again
+
+        handles = [layer.register_forward_hook(record) for layer in layers]
+        try:
+            self.eval()(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return weights
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) -> (B, num_classes): global average pool, then a linear layer."""

@@ -8,6 +8,7 @@ Any timm model name works (ViTs, ConvNeXts, ResNets, ...). Weights come from tim
 from __future__ import annotations
 
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,11 +16,11 @@ import safetensors
 import timm
 import torch
 import torch.nn.functional as F
-from timm.optim import param_groups_layer_decay
+from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 from torch import nn
 
-from cvexp.errors import UserError
 from cvexp.models.normalize import Normalize
+from cvexp.runtime.errors import UserError
 
 Finetune = Literal["full", "linear_probe"]
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
@@ -185,30 +186,44 @@ class TimmClassifier(nn.Module):
         """Images (B, 3, h, w) in [0, 1] -> logits (B, num_classes)."""
         return self.model(self.preprocess(x))
 
-    def parameter_groups(self) -> list[dict[str, Any]]:
-        """Optimiser groups: no weight decay on biases, norms and embeddings; with `layer_decay`,
-        an `lr_scale` per group that shrinks the learning rate layer by layer towards the input."""
-        if self.layer_decay is None:
-            params = [p for p in self.parameters() if p.requires_grad]
-            return [
-                {"params": [p for p in params if p.ndim > 1]},
-                {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
-            ]
-        no_decay = getattr(self.model, "no_weight_decay", set)()
-        groups = param_groups_layer_decay(
-            self.model,
-            weight_decay=_OPTIMIZER_DEFAULT,
-            no_weight_decay_list=no_decay,
-            layer_decay=self.layer_decay,
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        *,
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's own `forward_intermediates` on the prepared batch: each (B, C, h, w)."""
+        if not hasattr(self.model, "forward_intermediates"):
+            raise UserError(f"{type(self.model).__name__} does not expose its per-layer outputs.")
+        return self.model.forward_intermediates(
+            self.preprocess(x), indices=indices, intermediates_only=intermediates_only
         )
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Optimiser groups (timm's): no weight decay on biases, norms and what the model's
+        `no_weight_decay()` names (position embeddings, class token); with `layer_decay`, an
+        `lr_scale` per group that shrinks the learning rate layer by layer towards the input."""
+        no_decay = getattr(self.model, "no_weight_decay", set)()
+        if self.layer_decay is None:
+            groups = param_groups_weight_decay(
+                self.model, weight_decay=_OPTIMIZER_DEFAULT, no_weight_decay_list=no_decay
+            )
+        else:
+            groups = param_groups_layer_decay(
+                self.model,
+                weight_decay=_OPTIMIZER_DEFAULT,
+                no_weight_decay_list=no_decay,
+                layer_decay=self.layer_decay,
+            )
         for group in groups:
             if group.get("weight_decay") == _OPTIMIZER_DEFAULT:
                 del group["weight_decay"]
         return groups
 
     @torch.no_grad()
-    def get_attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Attention weights (B, h, T, T) of every block of a timm VisionTransformer.
+    def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Attention weights (B, h, T, T) of every block of a timm VisionTransformer (none for others).
 
         timm's fused attention never forms the weights, so a forward hook on each block's
         `attn` module takes its input and recomputes softmax(q k^T * scale) with the module's
@@ -216,7 +231,7 @@ class TimmClassifier(nn.Module):
         """
         blocks = getattr(self.model, "blocks", None)
         if blocks is None or not all(hasattr(b, "attn") and hasattr(b.attn, "qkv") for b in blocks):
-            raise UserError(f"{type(self.model).__name__} has no ViT attention blocks to show.")
+            return []  # not a ViT (a timm CNN, say): no attention to show
         if getattr(self.model, "num_prefix_tokens", 1) != 1:
             raise UserError(
                 "attention maps need a ViT with exactly one class token and no register tokens."

@@ -2,14 +2,19 @@
 
 As in torchvision's `vgg.py`: a configuration list per depth, and `make_layers(cfg,
 batch_norm)` that turns it into the convolutional `features`. The head is 512 wide
-for 32x32 inputs (`head_width=4096` gives the ImageNet-style head).
+for 32x32 inputs (`head_width=4096` gives the ImageNet-style head). `width` multiplies
+every conv's channels: at 0.25 VGG16 keeps its 16 layers (what makes it hard to train
+without batch norm) at about 1/16 of the compute.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
+from cvexp.models.intermediates import take_indices
 from cvexp.models.normalize import CIFAR10_MEAN, CIFAR10_STD, Normalize
 
 # numbers are conv output channels (3x3, padding 1); "M" is a 2x2 max-pool
@@ -43,6 +48,11 @@ CFGS: dict[int, list[int | str]] = {
 }
 
 
+def scaled(cfg: list[int | str], width: float) -> list[int | str]:
+    """`cfg` with every channel count multiplied by `width` (at least 1 channel)."""
+    return [item if item == "M" else max(1, round(int(item) * width)) for item in cfg]
+
+
 def make_layers(cfg: list[int | str], *, batch_norm: bool, in_chans: int = 3) -> nn.Sequential:
     """Conv3x3 [-> BatchNorm] -> ReLU for each number in `cfg`, MaxPool2d(2) for each "M"."""
     layers: list[nn.Module] = []
@@ -70,6 +80,7 @@ class VGG(nn.Module):
         batch_norm: bool = True,
         num_classes: int = 10,
         in_chans: int = 3,
+        width: float = 1.0,
         head_width: int = 512,
         dropout: float = 0.5,
         mean: tuple[float, ...] = CIFAR10_MEAN,
@@ -80,13 +91,18 @@ class VGG(nn.Module):
             raise ValueError(f"VGG depth must be one of {sorted(CFGS)}, got {depth}.")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
+        if width <= 0:
+            raise ValueError(f"width must be positive, got {width}.")
         self.depth, self.batch_norm, self.num_classes = depth, batch_norm, num_classes
+        cfg = scaled(CFGS[depth], width)
         self.normalize = Normalize(mean, std)
-        self.features = make_layers(CFGS[depth], batch_norm=batch_norm, in_chans=in_chans)
+        self.features = make_layers(cfg, batch_norm=batch_norm, in_chans=in_chans)
+        # the ReLU after each conv: where a layer's output is read, after BN when there is one
+        self.layer_ends = [i for i, m in enumerate(self.features) if isinstance(m, nn.ReLU)]
         self.pool = nn.AdaptiveAvgPool2d(1)
-        width = [c for c in CFGS[depth] if c != "M"][-1]
+        self.num_features = int([c for c in cfg if c != "M"][-1])
         self.classifier = nn.Sequential(
-            nn.Linear(int(width), head_width),
+            nn.Linear(self.num_features, head_width),
             nn.ReLU(inplace=True),
             nn.Dropout(dropout),
             nn.Linear(head_width, head_width),
@@ -112,12 +128,29 @@ class VGG(nn.Module):
         nn.init.normal_(self.classifier[-1].weight, std=0.01)  # near-uniform first predictions
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W) in [0, 1] -> feature maps (B, 512, H/32, W/32)."""
+        """Images (B, C, H, W) in [0, 1] -> feature maps (B, 512 * width, H/32, W/32)."""
         return self.features(self.normalize(x))
 
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        *,
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """The output of each chosen conv layer (after its BN and ReLU), each (B, C, h, w)."""
+        wanted = set(take_indices(len(self.layer_ends), indices))
+        x = self.normalize(x)
+        intermediates = []
+        for i, module in enumerate(self.features):
+            x = module(x)
+            if i in self.layer_ends and self.layer_ends.index(i) in wanted:
+                intermediates.append(x)  # (B, C, h, w)
+        return intermediates if intermediates_only else (x, intermediates)
+
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """Feature maps (B, 512, h, w) -> logits (B, num_classes)."""
-        x = self.pool(features).flatten(1)  # (B, 512)
+        """Feature maps (B, C, h, w) -> logits (B, num_classes)."""
+        x = self.pool(features).flatten(1)  # (B, C)
         return self.classifier(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

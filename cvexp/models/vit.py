@@ -16,12 +16,14 @@ h heads, d = D / h per head.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cvexp.models.intermediates import take_indices
 from cvexp.models.normalize import CIFAR10_MEAN, CIFAR10_STD, Normalize
 
 PosEmbed = Literal["sinusoidal", "learned", "none"]
@@ -317,6 +319,25 @@ class VisionTransformer(nn.Module):
         x = self.norm(x)  # (B, T, D)
         return (x, attentions) if return_attention else x
 
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        *,
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Each chosen block's patch tokens as a grid (B, D, H/P, W/P), the class token left out."""
+        wanted = set(take_indices(len(self.blocks), indices))
+        x = self.embed(x)  # (B, T, D)
+        grid = self.patch_embed.grid
+        intermediates = []
+        for i, block in enumerate(self.blocks):
+            x, _ = block(x)
+            if i in wanted:
+                patches = x[:, 1:].transpose(1, 2)  # (B, D, N)
+                intermediates.append(patches.reshape(x.shape[0], -1, grid, grid))
+        return intermediates if intermediates_only else (self.norm(x), intermediates)
+
     def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens (B, T, D) -> logits (B, num_classes), read from the class token."""
         return self.head(tokens[:, 0])
@@ -335,6 +356,6 @@ class VisionTransformer(nn.Module):
         return self.forward_head(self.forward_features(x, attn_mask))
 
     @torch.no_grad()
-    def get_attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Attention weights of every block, each (B, h, T, T), through the explicit path."""
         return self.forward(x, return_attention=True)[1]

@@ -1,4 +1,5 @@
-"""ViT attention: the class token's attention per head, and attention rollout, overlaid on the image."""
+"""Attention maps: a ViT's class-token attention per head and its rollout, overlaid on the image;
+and local self-attention's window weights."""
 
 from __future__ import annotations
 
@@ -73,6 +74,33 @@ def attention_figure(
     fig.suptitle(
         f"{title}\nclass-token attention over the patches, per head; last row: attention rollout",
         fontsize=9,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def local_attention_figure(
+    image: torch.Tensor, weights: torch.Tensor, *, layer: int, title: str
+) -> plt.Figure:
+    """Local self-attention of one layer: the centre pixel's weights over its k x k window, per head.
+
+    image: (3, H, W) in [0, 1]; weights: (1, heads, k*k, h, w) for this image.
+    """
+    _, heads, window, height, width = weights.shape
+    k = math.isqrt(window)
+    centre = weights[0, :, :, height // 2, width // 2].reshape(heads, k, k)  # (heads, k, k)
+    fig, axes = plt.subplots(1, heads + 1, figsize=((heads + 1) * 1.6, 2.3), dpi=110, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    axes[0][0].imshow(image.permute(1, 2, 0).clamp(0, 1).cpu().numpy(), interpolation="nearest")
+    axes[0][0].set_title("input", fontsize=8)
+    for head in range(heads):
+        axes[0][head + 1].imshow(centre[head].cpu().numpy(), cmap="viridis", vmin=0)
+        axes[0][head + 1].set_title(f"head {head}", fontsize=7)
+    fig.suptitle(
+        f"{title}\nlayer {layer} ({height}x{width}): the centre pixel's attention over its "
+        f"{k}x{k} window, per head",
+        fontsize=8,
     )
     fig.tight_layout()
     return fig

@@ -1,75 +1,14 @@
-"""Look inside a CNN: record feature maps with forward hooks, and draw filters and feature maps."""
+"""Draw a network's filters and feature maps (the maps come from its `forward_intermediates`)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 
 import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
 from cvexp.viz.figures import image_grid
-
-
-def conv_blocks(features: nn.Sequential) -> list[tuple[str, nn.Module, nn.Conv2d]]:
-    """(conv name, activation module, conv) for each conv block of a `features` stack.
-
-    The recorded output of a block is its activation's (after BN when there is one), so
-    layer i is the i-th convolution of the network as the next layer sees it.
-    """
-    blocks, conv, conv_name = [], None, ""
-    for name, module in features.named_children():
-        if isinstance(module, nn.Conv2d):
-            conv, conv_name = module, f"features.{name}"
-        elif isinstance(module, (nn.ReLU, nn.GELU, nn.SiLU)) and conv is not None:
-            blocks.append((conv_name, module, conv))
-            conv = None
-    return blocks
-
-
-def select_layers(count: int, layers: Sequence[int] | None) -> list[int]:
-    """Validate layer indices (negative ones count from the end); all layers when None."""
-    if layers is None:
-        return list(range(count))
-    chosen = []
-    for index in layers:
-        if not -count <= int(index) < count:
-            raise IndexError(
-                f"layer {index} is out of range: this network has {count} conv layers (0 to {count - 1})"
-            )
-        chosen.append(int(index) % count)
-    return chosen
-
-
-@contextmanager
-def record_activations(modules: dict[str, nn.Module]) -> Iterator[dict[str, torch.Tensor]]:
-    """Forward hooks that store each module's output (detached) by name; removed on exit."""
-    recorded: dict[str, torch.Tensor] = {}
-    handles = [
-        module.register_forward_hook(
-            lambda _m, _i, out, name=name: recorded.__setitem__(name, out.detach())
-        )
-        for name, module in modules.items()
-    ]
-    try:
-        yield recorded
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def feature_maps(
-    net: nn.Module, image: torch.Tensor, layers: Sequence[int] | None = None
-) -> dict[str, torch.Tensor]:
-    """Feature maps (C, h, w) of one image (3, H, W) in [0, 1] at the chosen conv blocks of `net.features`."""
-    blocks = conv_blocks(net.features)
-    chosen = select_layers(len(blocks), layers)
-    modules = {blocks[i][0]: blocks[i][1] for i in chosen}
-    with record_activations(modules) as recorded, torch.no_grad():
-        net.eval()(image[None])
-    return {name: recorded[name][0] for name in modules}
 
 
 def top_channels(maps: torch.Tensor, k: int) -> torch.Tensor:

@@ -50,9 +50,8 @@ class ImageClassifier(L.LightningModule):
         self.channels_last = channels_last
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        # set by build_classifier and InterruptCheckpoint; both are saved in checkpoints
+        # set by build_classifier and saved in checkpoints, so that a checkpoint rebuilds its net
         self.net_config: dict[str, Any] | None = None
-        self.interrupted_mid_epoch = False
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -130,9 +129,7 @@ class ImageClassifier(L.LightningModule):
         if self.optimizer_factory is None:
             raise RuntimeError("ImageClassifier needs an optimizer factory to train.")
         optimizer = self.optimizer_factory(params=self.parameter_groups())
-        for (
-            group
-        ) in optimizer.param_groups:  # layer-wise lr decay, before the scheduler reads the lrs
+        for group in optimizer.param_groups:  # layer-wise lr decay, before the scheduler reads lrs
             group["lr"] *= group.get("lr_scale", 1.0)
         if self.scheduler_factory is None:
             return optimizer
@@ -149,7 +146,6 @@ class ImageClassifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["net_config"] = self.net_config
-        checkpoint["interrupted_mid_epoch"] = self.interrupted_mid_epoch
         # the global RNGs drive augmentation and dropout: a resumed run continues their streams
         checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():

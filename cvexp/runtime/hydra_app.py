@@ -1,0 +1,57 @@
+"""What every Hydra entry point shares: the config location, resolvers and composing outside an app."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+# conf/ is installed as the package cvexp.conf (see pyproject.toml), so it is found from
+# any working directory, after both editable and regular installs.
+CONFIG_PATH = "pkg://cvexp.conf"
+VERSION_BASE = "1.3"
+
+
+def path_safe(text: str, max_length: int = 120) -> str:
+    """`text` usable as one directory name.
+
+    Characters other than letters, digits and '._-+' become '_' (so '/', '=' and ',', which
+    Hydra's override grammar or the file system would trip over, never appear); a name longer
+    than `max_length` is cut and ends with a hash of the whole, so it stays unique.
+    """
+    safe = "".join(c if c.isalnum() or c in "._-+" else "_" for c in str(text)) or "default"
+    if len(safe) > max_length:
+        safe = f"{safe[: max_length - 9]}-{hashlib.sha1(safe.encode()).hexdigest()[:8]}"
+    return safe
+
+
+def register_resolvers() -> None:
+    """Register cvexp's OmegaConf resolvers (idempotent; none has side effects)."""
+    OmegaConf.register_new_resolver("path_safe", path_safe, replace=True)
+
+
+def in_multirun() -> bool:
+    """Whether this process runs a job of a Hydra sweep (-m)."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    """Compose one of cvexp's configs outside a Hydra app (benchmarks, tests), as the app would.
+
+    `${hydra:...}` interpolations resolve against the composed Hydra config, and the run's
+    directory is `output_dir`.
+    """
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="cvexp.conf", version_base=VERSION_BASE):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    return cfg

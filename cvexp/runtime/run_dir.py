@@ -1,0 +1,104 @@
+"""Claim a fresh run (or sweep) directory when a run really starts, never while a config resolves.
+
+`hydra.run.dir` and `hydra.sweep.dir` are plain patterns (a timestamp under `paths.log_dir`),
+so composing a config, `--help` and `--cfg job` touch nothing. `RunDirectory`, a Hydra
+callback, claims the directory just before Hydra writes into it: with an atomic `mkdir`,
+adding `-1`, `-2`, ... when the name is taken, so two runs started in the same second never
+share one. A directory named explicitly on the command line is used as given, unless it
+already holds a run: that one is refused, because writing into it would mix two runs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, open_dict, read_write
+
+# set by `cvexp-train resume=RUN_DIR`: the one existing run directory this process may write into
+RESUME_ENV = "CVEXP_RESUME_DIR"
+# launchers that start one process per rank; each rank must use the directory it was given
+RANK_ENV = ("LOCAL_RANK", "RANK", "SLURM_PROCID")
+RUN_MARKERS = (".hydra", "summary.json", "checkpoints", "tensorboard", "multirun.yaml")
+
+
+def claim_fresh_dir(path: str | Path) -> Path:
+    """Create `path`, or `path-1`, `path-2`, ... if taken (atomically), and return it."""
+    base, n = str(path), 0
+    while True:
+        candidate = Path(base if n == 0 else f"{base}-{n}")
+        try:
+            candidate.parent.mkdir(parents=True, exist_ok=True)
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            n += 1
+        except OSError as err:
+            print(
+                f"{Path(sys.argv[0]).name}: error: cannot create the output directory {candidate} "
+                f"({os.strerror(err.errno) if err.errno else err}); run from a writable folder "
+                "or pass paths.log_dir=<a writable folder>.",
+                file=sys.stderr,
+            )
+            sys.exit(2)
+
+
+def holds_a_run(path: Path) -> bool:
+    """Whether `path` already holds the files of a run or a sweep."""
+    return path.is_dir() and any((path / name).exists() for name in RUN_MARKERS)
+
+
+def explicitly_given(config: DictConfig, key: str) -> bool:
+    """Whether the user set `key` (hydra.run.dir or hydra.sweep.dir) on the command line."""
+    return any(o.split("=", 1)[0].lstrip("+") == key for o in config.hydra.overrides.hydra)
+
+
+def refuse(message: str) -> None:
+    """One sentence on stderr and exit status 2, before anything is written."""
+    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+class RunDirectory(Callback):
+    """Hydra callback: claim a fresh run or sweep directory; refuse to write into an existing run."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if any(name in os.environ for name in RANK_ENV):
+            return  # a rank of a multi-process launch: use the directory it was given
+        run_dir = Path(str(config.hydra.run.dir))
+        if not explicitly_given(config, "hydra.run.dir"):
+            claimed = claim_fresh_dir(run_dir)
+            with read_write(config.hydra.run), open_dict(config.hydra.run):
+                config.hydra.run.dir = str(claimed)
+            return
+        resuming = os.environ.get(RESUME_ENV)
+        if resuming and Path(resuming).resolve() == run_dir.resolve():
+            return
+        if holds_a_run(run_dir):
+            refuse(
+                f"{run_dir} already holds a run; continue it with resume={run_dir}, or pass a new "
+                "hydra.run.dir (or none, for a fresh dated one)."
+            )
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        if explicitly_given(config, "hydra.sweep.dir"):
+            if holds_a_run(sweep_dir) or (sweep_dir.is_dir() and any(sweep_dir.iterdir())):
+                refuse(
+                    f"{sweep_dir} already holds a sweep; pass a new hydra.sweep.dir (or none, for "
+                    "a fresh dated one)."
+                )
+            return
+        claimed = claim_fresh_dir(sweep_dir)
+        with read_write(config.hydra), open_dict(config.hydra):
+            config.hydra.sweep.dir = str(claimed)
+            # every job's config is composed again from these overrides: pin the claimed folder
+            config.hydra.overrides.hydra.append(f"hydra.sweep.dir={quoted(claimed)}")
+
+
+def quoted(value: str | Path) -> str:
+    """A path as a quoted Hydra override value, so '=' or ',' in it cannot break the grammar."""
+    return f"'{value}'" if "'" not in str(value) else f'"{value}"'
