@@ -35,7 +35,8 @@ from cvexp.benchmarks import (
 from cvexp.benchmarks.synthetic import write_synthetic_cifar
 from cvexp.data import CIFAR10DataModule
 from cvexp.data.formats import find_source
-from cvexp.errors import UserError
+from cvexp.runtime.errors import UserError
+from cvexp.viz.tables import markdown_table
 
 # The goals of the speed issue, for this machine's CPU; `ratio` is always ours / baseline.
 GOALS = {
@@ -240,9 +241,7 @@ def table(results: dict[str, Any]) -> str:
                 "",
             )
         )
-    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
-    return "\n".join(lines)
+    return markdown_table(list(rows[0]), [list(row) for row in rows[1:]])
 
 
 def _yes(met: bool | None) -> str:

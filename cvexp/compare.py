@@ -2,54 +2,58 @@
 
 cvexp-compare multirun/2026-11-26/12-00-00
 cvexp-compare outputs/run_a outputs/run_b --metric val/loss --out comparisons/ab
+
+The file reads in order: reading runs (overrides, summary, curves, the cost of the net),
+grouping them into configurations, the tables, and where the results go.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import statistics
 import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from torch.utils.flop_counter import FlopCounterMode
+from torch import nn
 
-from cvexp.app import fresh_dir
 from cvexp.checkpoint import offline_net_config
-from cvexp.errors import UserError
-from cvexp.viz.curves import plot_convergence
+from cvexp.models.cost import count_macs_and_params
+from cvexp.runtime.errors import UserError
+from cvexp.runtime.run_dir import claim_fresh_dir
+from cvexp.viz.curves import Curves, plot_convergence
+from cvexp.viz.tables import markdown_table
 
-CURVES = ("train/loss_epoch", "val/loss", "val/acc")
-# overrides that never distinguish one configuration from another
-IGNORED_KEYS = (
-    "seed",
-    "data.root",
-    "data.download",
-    "paths.log_dir",
-    "ckpt_path",
-    "trainer.enable_progress_bar",
-)
+CURVES = ("train/loss_epoch", "val/loss", "val/acc")  # the graph's panels, plus --metric
+RESULT_FILES = ("results.md", "results.csv", "convergence.png")
+EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"  # in a run's .hydra/hydra.yaml
+
+
+# ------------------------------------------------------------------ reading runs
 
 
 @dataclass
 class Run:
-    """One job or run directory: its overrides, summary and per-epoch curves."""
+    """One job or run directory: its overrides, summary, per-epoch curves and ignored keys."""
 
     path: Path
     overrides: list[str]
     summary: dict[str, Any]
-    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
-    net_config: dict[str, Any] | None = None
+    curves: Curves = field(default_factory=dict)
+    excluded_keys: frozenset[str] = frozenset()
 
     @property
     def status(self) -> str:
@@ -57,13 +61,14 @@ class Run:
 
     @property
     def config_key(self) -> tuple[str, ...]:
-        """The overrides that define its configuration: everything but the seed and paths."""
-        return tuple(
-            sorted(o for o in self.overrides if o.split("=", 1)[0].lstrip("+~") not in IGNORED_KEYS)
-        )
+        """The overrides that define its configuration: all but the seed and the excluded keys."""
+        ignored = self.excluded_keys | {"seed"}
+        return tuple(sorted(o for o in self.overrides if _override_key(o) not in ignored))
 
 
-# ------------------------------------------------------------------ reading
+def _override_key(override: str) -> str:
+    """`model.net.depth` of `+model.net.depth=11` (Hydra's +, ++ and ~ prefixes dropped)."""
+    return override.split("=", 1)[0].lstrip("+~")
 
 
 def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
@@ -86,92 +91,151 @@ def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
     return found
 
 
-def read_curves(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Per-epoch (epoch, value) series of the CURVES tags, read with tensorboard's event reader."""
+def read_run(path: Path) -> Run:
+    """Everything cvexp-compare needs from one run directory."""
+    overrides_file = path / ".hydra" / "overrides.yaml"
+    overrides = (
+        (yaml.safe_load(overrides_file.read_text()) or []) if overrides_file.is_file() else []
+    )
+    summary_file = path / "summary.json"
+    try:
+        summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        summary = {"status": "unreadable summary.json"}
+    return Run(path, [str(o) for o in overrides], summary, read_curves(path), excluded_keys(path))
+
+
+def read_curves(run_dir: Path) -> Curves:
+    """Every scalar the run logged, per epoch: from TensorBoard, else from CSVLogger's metrics.csv."""
+    return read_tensorboard(run_dir / "tensorboard") or read_metrics_csv(run_dir)
+
+
+def read_tensorboard(tb_dir: Path) -> Curves:
+    """(epoch, value) series of every scalar tag in an event folder; epochs come from the
+    `epoch` scalar that Lightning logs at every step (1-based, the last value per epoch wins)."""
     if not tb_dir.is_dir():
         return {}
-    events = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
+    events = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0, "images": 1})
     events.Reload()
-    tags = set(events.Tags()["scalars"])
+    tags = events.Tags()["scalars"]
     epoch_at_step = (
         {e.step: int(e.value) for e in events.Scalars("epoch")} if "epoch" in tags else {}
     )
     curves = {}
-    for tag in CURVES:
-        if tag in tags:
+    for tag in tags:
+        if tag != "epoch":
             points = {
                 epoch_at_step.get(e.step, i) + 1: e.value for i, e in enumerate(events.Scalars(tag))
             }
-            curves[tag] = sorted(points.items())  # the last value per epoch wins (resumed runs)
+            curves[tag] = sorted(points.items())  # resumed runs: the later value wins
     return curves
 
 
-def read_run(path: Path) -> Run:
-    """Everything cvexp-compare needs from one run directory."""
-    overrides_file = path / ".hydra" / "overrides.yaml"
-    overrides = yaml.safe_load(overrides_file.read_text()) or [] if overrides_file.is_file() else []
-    summary_file = path / "summary.json"
-    summary = (
-        json.loads(summary_file.read_text()) if summary_file.is_file() else {"status": "running"}
-    )
-    return Run(path, list(overrides), summary, read_curves(path / "tensorboard"), _net_config(path))
+def read_metrics_csv(run_dir: Path) -> Curves:
+    """(epoch, value) series of every column of Lightning's CSVLogger files (**/metrics.csv)."""
+    points: dict[str, dict[int, float]] = {}
+    for file in sorted(run_dir.rglob("metrics.csv")):
+        with file.open(newline="") as f:
+            for i, row in enumerate(csv.DictReader(f)):
+                epoch = _number(row.get("epoch"))
+                key = int(i if epoch is None else epoch) + 1  # 1-based, as from TensorBoard
+                for name, text in row.items():
+                    value = _number(text)
+                    if name not in (None, "epoch", "step") and value is not None:
+                        points.setdefault(name, {})[key] = value  # the last value per epoch wins
+    return {tag: sorted(series.items()) for tag, series in points.items()}
 
 
-def _net_config(path: Path) -> dict[str, Any] | None:
-    """The run's resolved `model.net` config, from Hydra's record of the run."""
-    config_file = path / ".hydra" / "config.yaml"
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def excluded_keys(run_dir: Path) -> frozenset[str]:
+    """The override keys Hydra left out of the run's job name, as its .hydra/hydra.yaml records
+    them; the installed conf/hydra/default.yaml's list for a run without that record."""
+    hydra_file = run_dir / ".hydra" / "hydra.yaml"
+    if hydra_file.is_file():
+        try:
+            keys = OmegaConf.select(OmegaConf.load(hydra_file), EXCLUDE_KEYS)
+        except (OmegaConfBaseException, yaml.YAMLError, OSError, UnicodeDecodeError):
+            keys = None  # an unreadable record: the package's own list below
+        if keys is not None:
+            return frozenset(str(k) for k in keys)
+    return default_excluded_keys()
+
+
+@functools.cache
+def default_excluded_keys() -> frozenset[str]:
+    """`job.config.override_dirname.exclude_keys` of the installed package's conf/hydra/default.yaml."""
+    text = (resources.files("cvexp.conf") / "hydra" / "default.yaml").read_text()
+    keys = OmegaConf.select(OmegaConf.create(text), EXCLUDE_KEYS.removeprefix("hydra."))
+    return frozenset(str(k) for k in keys or ())
+
+
+# ------------------------------------------------------------------ the cost of a run's net
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Multiply-accumulates per 32x32 image and parameters, or a few words on why not."""
+
+    macs: float | None = None
+    params: int | None = None
+    note: str = ""
+
+
+def network_cost(run_dir: Path) -> Cost:
+    """The cost of the net that the run's recorded config (`model.net`) builds, without weights."""
+    config_file = run_dir / ".hydra" / "config.yaml"
     if not config_file.is_file():
-        return None
+        return Cost(note="no config")
     try:
-        config = OmegaConf.load(config_file)
-        return OmegaConf.to_container(config.model.net, resolve=True)
-    except Exception:  # an unreadable or foreign record: the cost columns stay empty
-        return None
+        net_config = OmegaConf.select(OmegaConf.load(config_file), "model.net")
+        if not isinstance(net_config, DictConfig):
+            return Cost(note="no model.net in config")
+        net_config = OmegaConf.to_container(net_config, resolve=True)
+    except (OmegaConfBaseException, yaml.YAMLError, OSError, UnicodeDecodeError) as err:
+        return Cost(note=f"unreadable config: {_short(err)}")
+    return _cost_of(json.dumps(net_config, sort_keys=True, default=str))
 
 
-# ------------------------------------------------------------------ cost of a network
-
-
-def count_macs_and_params(
-    net_config: dict[str, Any] | None, image_size: int = 32
-) -> tuple[float | None, float | None]:
-    """(multiply-accumulates per image, parameters) of the net a config builds; None when it cannot be built.
-
-    Matmuls and convolutions are counted by torch.utils.flop_counter; a layer with an
-    `uncounted_macs(height, width)` method (local self-attention) adds what it cannot see.
-    """
-    if not net_config:
-        return None, None
+@functools.cache
+def _cost_of(net_config_json: str) -> Cost:
+    """Build the net (offline: no pretrained weights) and count it; one count per distinct config."""
+    net_config = json.loads(net_config_json)
     try:
-        net = instantiate(offline_net_config(net_config)).eval()
-    except Exception:
-        return None, None
-    counter = FlopCounterMode(display=False)
-    uncounted: list[int] = []  # layers that document what flop_counter cannot see
-
-    def add_uncounted(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], _: Any) -> None:
-        height, width = inputs[0].shape[-2:]
-        uncounted.append(len(inputs[0]) * module.uncounted_macs(height, width))
-
-    hooks = [
-        m.register_forward_hook(add_uncounted)
-        for m in net.modules()
-        if hasattr(m, "uncounted_macs")
-    ]
-    with torch.no_grad(), counter:
-        net(torch.rand(1, 3, image_size, image_size))
-    for hook in hooks:
-        hook.remove()
-    macs = counter.get_total_flops() / 2 + sum(uncounted)
-    return macs, float(sum(p.numel() for p in net.parameters()))
+        net = instantiate(offline_net_config(net_config))
+    except InstantiationException as err:
+        if isinstance(err.__cause__, ImportError):
+            return Cost(note=f"cannot build: cannot import {net_config.get('_target_')}")
+        return Cost(note=f"cannot build: {_short(err.__cause__ or err)}")
+    if not isinstance(net, nn.Module):
+        return Cost(note="cannot build: model.net is not a network")
+    try:
+        macs, params = count_macs_and_params(net)
+    # a net that cannot take a 32x32 image (shape checks raise these; timm asserts input sizes)
+    except (RuntimeError, ValueError, AssertionError) as err:
+        return Cost(
+            params=sum(p.numel() for p in net.parameters()), note=f"cannot run: {_short(err)}"
+        )
+    return Cost(macs, params)
 
 
-# ------------------------------------------------------------------ grouping and the table
+def _short(error: BaseException, limit: int = 80) -> str:
+    """The gist of an error: its first line up to the first '; ' (where the fix starts)."""
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0].split("; ")[0]
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# ------------------------------------------------------------------ grouping
 
 
 @dataclass
 class Group:
-    """The runs of one configuration (they differ only in seed)."""
+    """The runs of one configuration (they differ only in seed and excluded keys)."""
 
     label: str
     runs: list[Run]
@@ -199,10 +263,24 @@ def group_runs(runs: list[Run]) -> list[Group]:
     return groups
 
 
+def logged_tags(runs: list[Run]) -> set[str]:
+    """Every scalar tag that at least one run logged."""
+    return {tag for run in runs for tag in run.curves}
+
+
+# ------------------------------------------------------------------ the tables
+
+
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _best(points: list[tuple[int, float]], metric: str) -> float:
+    """The best value of a curve: the minimum of a loss, else the maximum."""
+    values = [v for _, v in points]
+    return min(values) if "loss" in metric else max(values)
 
 
 def results_rows(groups: list[Group], metric: str) -> list[dict[str, Any]]:
@@ -210,7 +288,8 @@ def results_rows(groups: list[Group], metric: str) -> list[dict[str, Any]]:
     rows = []
     for group in groups:
         done = group.finished()
-        macs, params = count_macs_and_params(group.runs[0].net_config)
+        recorded = [r for r in group.runs if (r.path / ".hydra" / "config.yaml").is_file()]
+        cost = network_cost((recorded or group.runs)[0].path)
         statuses: dict[str, int] = {}
         for run in group.runs:
             statuses[run.status] = statuses.get(run.status, 0) + 1
@@ -221,16 +300,17 @@ def results_rows(groups: list[Group], metric: str) -> list[dict[str, Any]]:
             [r.summary["test_acc"] for r in done if r.summary.get("test_acc") is not None]
         )
         best_metric = _mean_std(
-            [_best(r.curves.get(metric, []), metric) for r in done if r.curves.get(metric)]
+            [_best(r.curves[metric], metric) for r in done if r.curves.get(metric)]
         )
         rows.append(
             {
                 "configuration": group.label,
                 "n": len(done),
                 "status": ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())),
-                "params_M": None if params is None else params / 1e6,
-                "MMACs_per_image": None if macs is None else macs / 1e6,
-                "GFLOPs_per_image": None if macs is None else 2 * macs / 1e9,
+                "params_M": None if cost.params is None else cost.params / 1e6,
+                "MMACs_per_image": None if cost.macs is None else cost.macs / 1e6,
+                "GFLOPs_per_image": None if cost.macs is None else 2 * cost.macs / 1e9,
+                "cost_note": cost.note,
                 "best_val_acc_mean": best_val[0],
                 "best_val_acc_std": best_val[1],
                 "test_acc_mean": test[0],
@@ -247,14 +327,9 @@ def results_rows(groups: list[Group], metric: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _best(points: list[tuple[int, float]], metric: str) -> float:
-    values = [v for _, v in points]
-    return min(values) if "loss" in metric else max(values)
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
+def _fmt(value: Any, digits: int = 4, missing: str = "-") -> str:
     if value is None:
-        return "-"
+        return missing
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
@@ -265,8 +340,8 @@ def _mean_pm_std(row: dict[str, Any], key: str) -> str:
     return "-" if mean is None else f"{mean:.4f} ± {std:.4f}"
 
 
-def markdown_table(rows: list[dict[str, Any]], metric: str) -> str:
-    """The table as Markdown (accuracies as mean ± std over seeds)."""
+def results_markdown(rows: list[dict[str, Any]], metric: str) -> str:
+    """The table as Markdown (accuracies as mean ± std over seeds), with a note on the cost."""
     header = [
         "configuration",
         "n",
@@ -281,29 +356,101 @@ def markdown_table(rows: list[dict[str, Any]], metric: str) -> str:
         "early stop",
         "train time (s)",
     ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    cells = []
     for row in rows:
-        cells = [
-            row["configuration"],
-            str(row["n"]),
-            row["status"],
-            _fmt(row["params_M"], 3),
-            _fmt(row["MMACs_per_image"], 1),
-            _fmt(row["GFLOPs_per_image"], 3),
-            _mean_pm_std(row, "best_val_acc"),
-            _mean_pm_std(row, "test_acc"),
-            _fmt(row[f"best_{metric}_mean"]),
-            _fmt(row["epochs_run_mean"], 1),
-            row["early_stopped"],
-            _fmt(row["train_seconds_mean"], 1),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append(
+        why = f"n/a ({row['cost_note']})" if row["cost_note"] else "-"
+        cells.append(
+            [
+                row["configuration"],
+                str(row["n"]),
+                row["status"],
+                _fmt(row["params_M"], 3, "n/a" if row["cost_note"] else "-"),
+                _fmt(row["MMACs_per_image"], 1, why),
+                _fmt(row["GFLOPs_per_image"], 3, "n/a" if row["cost_note"] else "-"),
+                _mean_pm_std(row, "best_val_acc"),
+                _mean_pm_std(row, "test_acc"),
+                _fmt(row[f"best_{metric}_mean"]),
+                _fmt(row["epochs_run_mean"], 1),
+                row["early_stopped"],
+                _fmt(row["train_seconds_mean"], 1),
+            ]
+        )
+    note = (
         "MACs: multiply-accumulates for one 32x32 image (torch.utils.flop_counter, plus the "
         "documented count of local self-attention's q.k and weighted sum of v); FLOPs = 2 x MACs."
     )
-    return "\n".join(lines) + "\n"
+    return f"{markdown_table(header, cells)}\n\n{note}\n"
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    """The rows as CSV: raw numbers, the cost note and the run directories of each configuration."""
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+# ------------------------------------------------------------------ where the results go
+
+
+def earlier_results(folder: Path) -> list[str]:
+    """The result files of an earlier comparison that `folder` holds."""
+    return [name for name in RESULT_FILES if (folder / name).exists()]
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse an --out folder that holds earlier results or lies inside a run directory."""
+    earlier = earlier_results(out_dir)
+    if earlier:
+        fresh = next(
+            f"{out_dir}-{n}"
+            for n in range(1, 10_000)
+            if not earlier_results(Path(f"{out_dir}-{n}"))
+        )
+        raise UserError(
+            f"{out_dir} already holds an earlier comparison ({', '.join(earlier)}); pass a fresh "
+            f"folder, e.g. --out {fresh}, so that it is not replaced."
+        )
+    where = out_dir.resolve()
+    run = next((p for p in (where, *where.parents) if (p / ".hydra").is_dir()), None)
+    if run is not None:
+        raise UserError(
+            f"{out_dir} is inside the run directory {run}, and compare never writes into a run; "
+            "pass an --out folder outside it, e.g. --out comparisons/<name>."
+        )
+
+
+def claim_out_dir(paths: list[Path], out_dir: Path | None) -> tuple[Path, str]:
+    """The folder to write into, created, and a note when it is not the obvious one.
+
+    --out DIR as given (checked by `check_out_dir`); else a single sweep directory itself, or a
+    fresh `comparison-N` inside it when it already holds a comparison; else a fresh
+    `comparisons/<date>_<time>`. Run directories are never written into.
+    """
+    if out_dir is not None:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(
+                f"Cannot create {out_dir} ({err.strerror}); pass a writable --out folder."
+            ) from None
+        return out_dir, ""
+    if len(paths) == 1 and not (paths[0] / ".hydra").is_dir():
+        sweep = paths[0]
+        if not earlier_results(sweep):
+            return sweep, ""
+        for n in range(1, 10_000):
+            try:
+                (sweep / f"comparison-{n}").mkdir()
+            except FileExistsError:
+                continue
+            except OSError as err:
+                raise UserError(
+                    f"Cannot create a folder in {sweep} ({err.strerror}); pass --out <a writable folder>."
+                ) from None
+            folder = sweep / f"comparison-{n}"
+            return folder, f"{sweep} already holds a comparison, so this one went to {folder}"
+    return claim_fresh_dir(f"comparisons/{time.strftime('%Y-%m-%d_%H-%M-%S')}"), ""
 
 
 # ------------------------------------------------------------------ the command
@@ -313,34 +460,39 @@ def compare(
     paths: list[Path], *, out_dir: Path | None = None, metric: str = "val/acc"
 ) -> dict[str, Any]:
     """Read the runs under `paths`; write convergence.png, results.md and results.csv; return them."""
+    paths = [Path(p) for p in paths]
+    if out_dir is not None:
+        check_out_dir(Path(out_dir))
     runs = [read_run(p) for p in find_run_dirs(paths)]
-    groups = group_runs(runs)
-    if out_dir is None:  # a sweep folder gets its comparison; runs are never written into
-        one_sweep = len(paths) == 1 and not (paths[0] / ".hydra").is_dir()
-        out_dir = (
-            paths[0]
-            if one_sweep
-            else Path(fresh_dir(f"comparisons/{time.strftime('%Y-%m-%d_%H-%M-%S')}"))
+    tags = logged_tags(runs)
+    if tags and metric not in tags:
+        raise UserError(
+            f"--metric {metric} is not logged by any of these runs; pass one of: "
+            f"{', '.join(sorted(tags))}."
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    groups = group_runs(runs)
     rows = results_rows(groups, metric)
-    table = markdown_table(rows, metric)
-    (out_dir / "results.md").write_text(table)
-    with (out_dir / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    tags = list(CURVES) + ([metric] if metric not in CURVES else [])
-    plot_convergence(
-        {
-            g.label: [(r.curves, r.summary.get("best_epoch")) for r in g.finished() or g.runs]
-            for g in groups
-        },
-        tags,
-        out_dir / "convergence.png",
-        title=f"Convergence: {len(runs)} runs in {len(groups)} configurations",
-    )
-    return {"out_dir": out_dir, "rows": rows, "table": table, "runs": runs}
+    table = results_markdown(rows, metric)
+    out, note = claim_out_dir(paths, None if out_dir is None else Path(out_dir))
+    try:
+        (out / "results.md").write_text(table)
+        write_csv(rows, out / "results.csv")
+        plot_convergence(
+            {
+                g.label: [(r.curves, r.summary.get("best_epoch")) for r in g.finished() or g.runs]
+                for g in groups
+            },
+            [*CURVES, *([metric] if metric not in CURVES else [])],
+            out / "convergence.png",
+            title=f"Convergence: {len(runs)} runs in {len(groups)} configurations",
+        )
+    except OSError as err:
+        raise UserError(
+            f"Cannot write the results to {out} ({err.strerror}); pass --out <a writable folder>."
+        ) from None
+    if not tags:
+        note = "; ".join(filter(None, [note, "none of these runs has logged any scalars yet"]))
+    return {"out_dir": out, "rows": rows, "table": table, "runs": runs, "note": note}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -350,10 +502,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("dirs", nargs="+", type=Path, help="run directories or sweep directories")
     parser.add_argument(
-        "--metric", default="val/acc", help="extra curve and table column (default val/acc)"
+        "--metric",
+        default="val/acc",
+        help="any logged scalar, e.g. val/loss or train/acc: an extra curve and table column "
+        "(default val/acc)",
     )
     parser.add_argument(
-        "--out", type=Path, default=None, help="output folder (default: the one directory given)"
+        "--out",
+        type=Path,
+        default=None,
+        help="a new output folder (default: the one sweep directory given, or a fresh "
+        "comparison-N inside it, or comparisons/<date>_<time>); never replaces earlier results",
     )
     args = parser.parse_args(argv)
     try:
@@ -362,6 +521,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"cvexp-compare: error: {error}", file=sys.stderr)
         sys.exit(2)
     print(result["table"])
+    if result["note"]:
+        print(f"note: {result['note']}")
     print(f"wrote convergence.png, results.md and results.csv to {result['out_dir']}")
 
 

@@ -48,7 +48,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             read_checkpoint(cfg.ckpt_path, trust=trust)
 
         with ddp_relaunch_in_place(trainer):
-            trainer.fit(classifier, datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=not trust)
+            trainer.fit(
+                classifier, datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=not trust
+            )
             if cfg.get("test", True) and not trainer.interrupted:
                 best = trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path
                 trainer.test(classifier, datamodule, ckpt_path=best or None, weights_only=True)

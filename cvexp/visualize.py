@@ -16,11 +16,10 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image, UnidentifiedImageError
 
-from cvexp.runtime.errors import exit_on_user_error
-from cvexp.runtime.hydra_app import CONFIG_PATH, VERSION_BASE, register_resolvers
 from cvexp.checkpoint import load_classifier
 from cvexp.data import CLASSES, CIFAR10DataModule
-from cvexp.runtime.errors import UserError
+from cvexp.runtime.errors import UserError, exit_on_user_error
+from cvexp.runtime.hydra_app import CONFIG_PATH, VERSION_BASE, register_resolvers
 from cvexp.viz.figures import predictions_figure, save_figure
 from cvexp.viz.network import network_figures
 

@@ -20,9 +20,9 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 from PIL import Image
 
-from cvexp.runtime.hydra_app import compose_config, register_resolvers
 from cvexp.benchmarks.synthetic import write_batch_file
 from cvexp.data.formats import CLASSES
+from cvexp.runtime.hydra_app import compose_config, register_resolvers
 
 TRAIN_PER_CLASS = 24
 TEST_PER_CLASS = 6

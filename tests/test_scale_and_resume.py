@@ -13,8 +13,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cvexp.checkpoint import load_classifier
-from cvexp.checkpoint import AtomicCheckpointIO
+from cvexp.checkpoint import AtomicCheckpointIO, load_classifier
 from cvexp.data import CIFAR10DataModule
 from cvexp.runtime.errors import UserError
 from tests.conftest import BIN, CLI_TINY, run_cli, write_batches_dir

@@ -15,20 +15,22 @@ from PIL import Image
 
 from cvexp.compare import compare
 from cvexp.runtime.errors import UserError
-from tests.conftest import CLI_TINY, run_cli, write_batches_dir
+from tests.conftest import CLI_TINY, run_cli, snapshot, write_batches_dir
 
-EXPERIMENTS = sorted(
-    p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "experiment").glob("*.yaml")
-)
+CONF = Path(__file__).resolve().parents[1] / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+SWEEPS = sorted(p.stem for p in (CONF / "sweep").glob("*.yaml"))
 TINY = [*CLI_TINY, "trainer.max_epochs=2"]
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, tiny) -> tuple[Path, Path]:
-    """`cvexp-train -m model=vgg16,vgg16_bn seed=1,2` on tiny data: (cwd, sweep dir)."""
+    """`cvexp-train -m model.net.batch_norm=false,true seed=1,2` (the tiny model): (cwd, sweep dir)."""
     cwd = tmp_path_factory.mktemp("sweep")
     write_batches_dir(cwd / "data", tiny)
-    result = run_cli("cvexp-train", "-m", "model=vgg16,vgg16_bn", "seed=1,2", *TINY, cwd=cwd)
+    result = run_cli(
+        "cvexp-train", "-m", *TINY, "model.net.batch_norm=false,true", "seed=1,2", cwd=cwd
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     (sweep_dir,) = list((cwd / "multirun").glob("*/*"))
     return cwd, sweep_dir
@@ -39,15 +41,15 @@ def test_sweep_jobs_get_readable_directories(sweep) -> None:
     jobs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
     # the job number, then the job's overrides (paths and presets left out)
     expected = [
-        "model-vgg16+seed-1",
-        "model-vgg16+seed-2",
-        "model-vgg16_bn+seed-1",
-        "model-vgg16_bn+seed-2",
+        "model.net.batch_norm-false+seed-1",
+        "model.net.batch_norm-false+seed-2",
+        "model.net.batch_norm-true+seed-1",
+        "model.net.batch_norm-true+seed-2",
     ]
     assert len(jobs) == 4
     for number, (job, overrides) in enumerate(zip(jobs, expected, strict=True)):
-        assert job.startswith(f"{number}_") and overrides in job
-        assert "data.root" not in job and "debug" not in job
+        assert job == f"{number}_{overrides}" or job.lower() == f"{number}_{overrides}"
+        assert "data.root" not in job and "searchpath" not in job
     for job in jobs:
         for part in (".hydra", "checkpoints", "tensorboard", "summary.json"):
             assert (sweep_dir / job / part).exists(), f"{job}/{part}"
@@ -59,27 +61,25 @@ def test_compare_writes_the_table_and_the_graph(sweep) -> None:
     assert result.returncode == 0, result.stderr
     assert "| configuration |" in result.stdout  # the printed table
     with (sweep_dir / "results.csv").open() as f:
-        rows = {row["configuration"]: row for row in csv.DictReader(f)}
-    assert set(rows) == {"model=vgg16", "model=vgg16_bn"}
-    for model, row in rows.items():
+        rows = {row["configuration"].lower(): row for row in csv.DictReader(f)}
+    assert set(rows) == {"model.net.batch_norm=false", "model.net.batch_norm=true"}
+    for configuration, row in rows.items():
         assert row["n"] == "2"
+        prefix = configuration.replace("=", "-") + "+"
         summaries = [
             json.loads((job / "summary.json").read_text())
-            for job in sweep_dir.glob(f"*+{model.replace('=', '-')}+seed-*")
+            for job in sweep_dir.iterdir()
+            if job.name.lower().partition("_")[2].startswith(prefix)
         ]
         assert len(summaries) == 2
         for key in ("best_val_acc", "test_acc"):
             values = [s[key] for s in summaries]
             assert float(row[f"{key}_mean"]) == pytest.approx(statistics.fmean(values))
             assert float(row[f"{key}_std"]) == pytest.approx(statistics.stdev(values))
-    # VGG16's 13 convs at 32x32 are 313.2M multiply-accumulates; the 512-wide head adds 0.5M
-    assert float(rows["model=vgg16"]["MMACs_per_image"]) == pytest.approx(313.2, rel=0.01)
-    assert float(rows["model=vgg16"]["GFLOPs_per_image"]) == pytest.approx(
-        2 * 313.2 / 1000, rel=0.01
-    )
-    # BN adds a scale and a shift per channel and removes the conv biases: 4224 channels in all
-    bn_extra = float(rows["model=vgg16_bn"]["params_M"]) - float(rows["model=vgg16"]["params_M"])
-    assert bn_extra * 1e6 == pytest.approx(4224)
+    # BN adds a scale and a shift per channel and removes the conv biases: the tiny VGG's
+    # 8 convs have 2 + 4 + 8 + 8 + 16 * 4 = 86 channels
+    off, on = rows["model.net.batch_norm=false"], rows["model.net.batch_norm=true"]
+    assert (float(on["params_M"]) - float(off["params_M"])) * 1e6 == pytest.approx(86)
     with Image.open(sweep_dir / "convergence.png") as image:
         image.load()
         assert image.size[0] > 1000
@@ -115,18 +115,61 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path: Path, tiny) -> None:
     assert {row["status"] for row in table} == {"1 failed", "1 completed"}
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_composes(experiment: str) -> None:
+def compose_train(*overrides: str):
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="cvexp.conf", version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={experiment}"], return_hydra_config=True)
-    params = cfg.hydra.sweeper.params
-    if experiment == "vgg16_bn_gpu_fast":  # one run with every GPU fast path, not a sweep
-        assert params is None and cfg.trainer.precision == "bf16-mixed"
-        assert cfg.model.channels_last and cfg.data.on_device and cfg.data.batch_size == 512
-    else:
-        assert "model" in params and "seed" in params
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
     GlobalHydra.instance().clear()
+    return cfg
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_is_a_single_run_preset(experiment: str) -> None:
+    cfg = compose_train(f"experiment={experiment}")
+    assert cfg.hydra.mode is None and cfg.hydra.sweeper.params is None
+    assert "_target_" in cfg.model.net
+    if experiment == "vgg16_bn_gpu_fast":
+        assert cfg.trainer.precision == "bf16-mixed"
+        assert cfg.model.channels_last and cfg.data.on_device and cfg.data.batch_size == 512
+
+
+@pytest.mark.parametrize("sweep_name", SWEEPS)
+def test_every_sweep_is_a_multirun_over_seeds(sweep_name: str) -> None:
+    cfg = compose_train(f"sweep={sweep_name}")
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+    assert "seed" in cfg.hydra.sweeper.params and len(cfg.hydra.sweeper.params) >= 2
+    for job in (cfg.hydra.sweeper.params.get("experiment") or "").split(","):
+        if job:  # a sweep over recipes names experiments that exist
+            assert job in EXPERIMENTS
+
+
+def test_a_sweep_preset_runs_as_a_sweep_without_dash_m(tmp_path: Path, tiny) -> None:
+    write_batches_dir(tmp_path / "data", tiny)
+    result = run_cli(
+        "cvexp-train",
+        "sweep=bn_vs_nobn",
+        *TINY,
+        "trainer.max_epochs=1",
+        "hydra.sweeper.params.model=tiny",
+        "hydra.sweeper.params.seed=1",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (sweep_dir,) = list((tmp_path / "multirun").glob("*/*"))
+    (job,) = [p for p in sweep_dir.iterdir() if p.is_dir()]
+    assert json.loads((job / "summary.json").read_text())["status"] == "completed"
+    assert not (tmp_path / "outputs").exists()  # not silently a single run
+
+
+def test_a_sweep_into_an_existing_sweep_dir_is_refused(sweep) -> None:
+    cwd, sweep_dir = sweep
+    before = snapshot(sweep_dir)
+    result = run_cli(
+        "cvexp-train", "-m", *TINY, "seed=3,4", f"hydra.sweep.dir={sweep_dir}", cwd=cwd
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "already holds a sweep" in result.stderr and "Traceback" not in result.stderr
+    assert snapshot(sweep_dir) == before
 
 
 @pytest.mark.parametrize("bad", ["missing", "empty"])

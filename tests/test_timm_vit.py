@@ -15,10 +15,10 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from cvexp.runtime.errors import UserError
+from cvexp.classifier import ImageClassifier
 from cvexp.evaluate import evaluate
 from cvexp.models.timm_vit import TimmClassifier
-from cvexp.classifier import ImageClassifier
+from cvexp.runtime.errors import UserError
 from cvexp.train import train
 
 NAME = "vit_tiny_patch16_224"

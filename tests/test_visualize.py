@@ -11,13 +11,13 @@ from omegaconf import OmegaConf
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cvexp.runtime.errors import UserError
+from cvexp.models.intermediates import take_indices
 from cvexp.models.vgg import VGG
 from cvexp.models.vit import VisionTransformer
+from cvexp.runtime.errors import UserError
 from cvexp.train import train
 from cvexp.visualize import visualize
 from cvexp.viz.attention import attention_figure, attention_rollout
-from cvexp.models.intermediates import take_indices
 from cvexp.viz.features import (
     feature_grid_figure,
     filters_figure,

@@ -29,9 +29,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
-from cvexp.runtime.hydra_app import compose_config
 from cvexp.benchmarks.timing import Measurement, interleaved_medians, synchronize
 from cvexp.data.augment import augment_batch
+from cvexp.runtime.hydra_app import compose_config
 from cvexp.runtime.trainer import build_trainer
 
 

@@ -73,7 +73,9 @@ class RunSummary(Callback):
             return
         net = getattr(pl_module, "net", pl_module)
         self.record["params"] = sum(p.numel() for p in net.parameters())
-        self.record["trainable_params"] = sum(p.numel() for p in net.parameters() if p.requires_grad)
+        self.record["trainable_params"] = sum(
+            p.numel() for p in net.parameters() if p.requires_grad
+        )
         split_record = getattr(trainer.datamodule, "split_record", None)
         if callable(split_record):
             self.record["split"] = split_record()
@@ -121,7 +123,11 @@ class RunSummary(Callback):
         seconds = self.train_seconds
         if self._fit_started is not None:
             seconds += time.perf_counter() - self._fit_started
-        return {"best_score": self.best_score, "best_epoch": self.best_epoch, "train_seconds": seconds}
+        return {
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "train_seconds": seconds,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best_score = state_dict.get("best_score")
@@ -141,7 +147,9 @@ class RunSummary(Callback):
             self.record["status"] = "interrupted"
             return
         self.record["status"] = "failed"
-        self.record["error"] = user_error_message(exception) or f"{type(exception).__name__}: {exception}"
+        self.record["error"] = (
+            user_error_message(exception) or f"{type(exception).__name__}: {exception}"
+        )
 
     def _record_fit(self, trainer: L.Trainer) -> None:
         checkpointing = trainer.checkpoint_callback
@@ -188,7 +196,10 @@ class RunSummary(Callback):
 
 def log_hparams(trainer: L.Trainer, hparams: dict[str, Any], summary: dict[str, Any]) -> None:
     """TensorBoard's HPARAMS tab, once, with the real best val/acc and test/acc."""
-    metrics = {"hp/best_val_acc": summary.get("best_val_acc"), "hp/test_acc": summary.get("test_acc")}
+    metrics = {
+        "hp/best_val_acc": summary.get("best_val_acc"),
+        "hp/test_acc": summary.get("test_acc"),
+    }
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(hparams, {k: v for k, v in metrics.items() if v is not None})

@@ -30,7 +30,10 @@ def path_safe(text: str, max_length: int = 120) -> str:
 
 def register_resolvers() -> None:
     """Register cvexp's OmegaConf resolvers (idempotent; none has side effects)."""
+    from cvexp.runtime.run_dir import job_dirname
+
     OmegaConf.register_new_resolver("path_safe", path_safe, replace=True)
+    OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
 
 
 def in_multirun() -> bool:

@@ -12,6 +12,7 @@ import yaml
 from cvexp.runtime.errors import UserError
 from cvexp.runtime.run_dir import RESUME_ENV, quoted
 
+
 def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
@@ -65,5 +66,3 @@ def resume_argv(argv: list[str]) -> list[str]:
         f"hydra.run.dir={quoted(run_dir)}",
         f"ckpt_path={quoted(last)}",
     ]
-
-

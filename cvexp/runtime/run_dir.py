@@ -20,6 +20,8 @@ from omegaconf import DictConfig, open_dict, read_write
 
 # set by `cvexp-train resume=RUN_DIR`: the one existing run directory this process may write into
 RESUME_ENV = "CVEXP_RESUME_DIR"
+# set for the jobs of a sweep: the override keys that vary between them (see job_dirname)
+SWEEP_KEYS_ENV = "CVEXP_SWEEP_KEYS"
 # launchers that start one process per rank; each rank must use the directory it was given
 RANK_ENV = ("LOCAL_RANK", "RANK", "SLURM_PROCID")
 RUN_MARKERS = (".hydra", "summary.json", "checkpoints", "tensorboard", "multirun.yaml")
@@ -84,6 +86,7 @@ class RunDirectory(Callback):
             )
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        os.environ[SWEEP_KEYS_ENV] = ",".join(sorted(swept_keys(config)))
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if explicitly_given(config, "hydra.sweep.dir"):
             if holds_a_run(sweep_dir) or (sweep_dir.is_dir() and any(sweep_dir.iterdir())):
@@ -97,6 +100,33 @@ class RunDirectory(Callback):
             config.hydra.sweep.dir = str(claimed)
             # every job's config is composed again from these overrides: pin the claimed folder
             config.hydra.overrides.hydra.append(f"hydra.sweep.dir={quoted(claimed)}")
+
+
+def swept_keys(config: DictConfig) -> set[str]:
+    """The keys a sweep varies: sweep overrides on the command line and the sweeper's params."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    keys = {o.key_or_group for o in parsed if o.is_sweep_override()}
+    return keys | {str(k) for k in (config.hydra.sweeper.get("params") or {})}
+
+
+def job_dirname(*, _root_: DictConfig) -> str:
+    """A sweep job's folder name: the values of the keys the sweep varies, e.g.
+    `model-vgg16+seed-1` (every override when they are not known); the constant overrides
+    are in the job's .hydra/overrides.yaml, so the name is short and its varying values are
+    never cut."""
+    from cvexp.runtime.hydra_app import path_safe
+
+    excluded = set(_root_.hydra.job.config.override_dirname.exclude_keys)
+    varying = {k for k in os.environ.get(SWEEP_KEYS_ENV, "").split(",") if k}
+    items = []
+    for override in sorted(_root_.hydra.overrides.task):
+        key, _, value = override.partition("=")
+        key = key.lstrip("+~")
+        if key not in excluded and (not varying or key in varying):
+            items.append(f"{key}-{value}")
+    return path_safe("+".join(items))
 
 
 def quoted(value: str | Path) -> str:

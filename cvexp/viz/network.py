@@ -31,7 +31,9 @@ def spatial_convs(net: nn.Module) -> list[tuple[str, nn.Conv2d]]:
 def layer_outputs(net: nn.Module, image: torch.Tensor) -> list[torch.Tensor]:
     """Every layer's output (C, h, w) for one image (3, H, W) in [0, 1]."""
     batch = image[None].to(_device(net))
-    return [m[0].float().cpu() for m in net.eval().forward_intermediates(batch, intermediates_only=True)]
+    return [
+        m[0].float().cpu() for m in net.eval().forward_intermediates(batch, intermediates_only=True)
+    ]
 
 
 @torch.no_grad()

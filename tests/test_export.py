@@ -1,0 +1,176 @@
+"""cvexp-export: TorchScript and ONNX models that take [0, 1] images, checked against PyTorch."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.core.global_hydra import GlobalHydra
+
+import cvexp.export as export_module
+from cvexp.checkpoint import load_classifier
+from cvexp.deploy import load_torchscript, require
+from cvexp.export import export
+from cvexp.runtime.errors import UserError
+from cvexp.runtime.hydra_app import compose_config
+from tests.conftest import run_cli
+from tests.tiny_checkpoint import write_tiny_checkpoint
+
+HAS_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime"))
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("ckpt")
+    return {
+        kind: write_tiny_checkpoint(folder / f"{kind}.ckpt", kind) for kind in ("vit", "resnet")
+    }
+
+
+@pytest.fixture
+def compose_export(tmp_path: Path):
+    """Compose the real export config (run dir under tmp_path; no CIFAR-10 unless given)."""
+
+    def _compose(*overrides: str, run_dir: Path | None = None):
+        return compose_config(
+            "export",
+            [f"data.root={tmp_path / 'no_data'}", *overrides],
+            run_dir or tmp_path / "run",
+        )
+
+    yield _compose
+    GlobalHydra.instance().clear()
+
+
+def images(batch: int, seed: int = 1) -> torch.Tensor:
+    return torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def reference_logits(checkpoint: Path, batch: torch.Tensor) -> torch.Tensor:
+    classifier, _ = load_classifier(checkpoint)
+    with torch.no_grad():
+        return classifier(batch)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+@pytest.mark.parametrize("kind", ["vit", "resnet"])
+def test_torchscript_export_matches_pytorch(
+    kind: str, tmp_path: Path, checkpoints, compose_export, data_root: Path
+) -> None:
+    cfg = compose_export(
+        f"ckpt_path={checkpoints[kind]}", "format=torchscript", f"data.root={data_root}"
+    )
+    record = export(cfg)
+    path = tmp_path / "run" / "model.pt"
+    assert record["passed"] and Path(record["file"]) == path.resolve()
+    assert record["parity"]["max_abs_diff"] <= 1e-4 and record["parity"]["top1_all_agree"]
+    assert record["parity"]["sources"] == ["9 random", "8 CIFAR-10 test"]  # tiny data in data_root
+    assert json.loads((tmp_path / "run" / "export.json").read_text()) == record
+
+    loaded = torch.jit.load(str(path))  # the plain PyTorch way, as a user would
+    for batch in (images(5), images(1, seed=2)):  # a dynamic batch: traced with 2 images
+        with torch.no_grad():
+            got = loaded(batch)
+        expected = reference_logits(checkpoints[kind], batch)
+        assert got.shape == (len(batch), 10)
+        assert (got - expected).abs().max() <= 1e-4
+        assert torch.equal(got.argmax(1), expected.argmax(1))
+
+
+@pytest.mark.skipif(
+    not HAS_ONNX, reason="onnx and onnxruntime not installed (pip install 'cvexp[export]')"
+)
+@pytest.mark.parametrize(("kind", "exporter"), [("vit", "auto"), ("resnet", "legacy")])
+def test_onnx_export_matches_pytorch(
+    kind: str, exporter: str, tmp_path: Path, checkpoints, compose_export
+) -> None:
+    import onnxruntime
+
+    out = tmp_path / "deploy" / "net.onnx"
+    cfg = compose_export(
+        f"ckpt_path={checkpoints[kind]}", "format=onnx", f"out={out}", f"onnx.exporter={exporter}"
+    )
+    record = export(cfg)
+    assert record["passed"] and record["parity"]["max_abs_diff"] <= 1e-3
+    assert record["parity"]["sources"] == ["9 random"]  # no CIFAR-10 at data.root
+    if exporter == "legacy" or importlib.util.find_spec("onnxscript") is None:
+        assert record["exporter"] == "legacy"
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["images"]
+    for batch in (images(7), images(1, seed=2)):
+        got = torch.from_numpy(session.run(None, {"images": batch.numpy()})[0])
+        expected = reference_logits(checkpoints[kind], batch)
+        assert got.shape == (len(batch), 10)
+        assert (got - expected).abs().max() <= 1e-3
+        assert torch.equal(got.argmax(1), expected.argmax(1))
+
+
+def test_export_never_overwrites(tmp_path: Path, checkpoints, compose_export) -> None:
+    out = tmp_path / "deploy" / "model.pt"
+    ckpt = f"ckpt_path={checkpoints['resnet']}"
+    export(compose_export(ckpt, "format=torchscript", f"out={out}"))
+    before = out.read_bytes()
+    with pytest.raises(UserError, match=r"never overwrites.*out=.*model-1\.pt"):
+        export(compose_export(ckpt, "format=torchscript", f"out={out}", run_dir=tmp_path / "run2"))
+    assert out.read_bytes() == before
+    # a folder as out= gets model.pt inside it: the same file, refused too
+    with pytest.raises(UserError, match="never overwrites"):
+        export(
+            compose_export(ckpt, "format=torchscript", f"out={out.parent}", run_dir=tmp_path / "r3")
+        )
+    # and a run directory that already has an export.json is not written into again
+    with pytest.raises(UserError, match=r"export\.json already exists"):
+        export(compose_export(ckpt, "format=torchscript", f"out={tmp_path / 'other.pt'}"))
+
+
+def test_export_fails_clearly_when_parity_fails(
+    tmp_path: Path, checkpoints, compose_export, monkeypatch
+) -> None:
+    def drifting(path: Path):
+        run = load_torchscript(path)
+        return lambda batch: run(batch) + 0.01  # an exporter bug, as far as parity can tell
+
+    monkeypatch.setitem(export_module.LOADERS, "torchscript", drifting)
+    cfg = compose_export(f"ckpt_path={checkpoints['resnet']}", "format=torchscript")
+    with pytest.raises(UserError, match=r"differ from PyTorch's by up to 0\.01.*tolerance 0\.0001"):
+        export(cfg)
+    run_dir = tmp_path / "run"
+    assert not (run_dir / "model.pt").exists()
+    assert (run_dir / "model.parity-failed.pt").is_file()
+    record = json.loads((run_dir / "export.json").read_text())
+    assert record["passed"] is False and record["parity"]["max_abs_diff"] == pytest.approx(0.01)
+
+
+def test_export_bad_options(checkpoints, compose_export) -> None:
+    ckpt = f"ckpt_path={checkpoints['resnet']}"
+    for overrides, fragment in [
+        ([ckpt, "format=tensorflow"], "format=tensorflow is not an export format"),
+        ([ckpt], "needs a format"),
+        ([ckpt, "format=torchscript", "tolerance=-1"], "tolerance=-1 is not valid"),
+        ([ckpt, "format=torchscript", "parity_images=0"], "parity_images=0 is not valid"),
+        (["ckpt_path=missing.ckpt", "format=torchscript"], "Checkpoint not found"),
+    ]:
+        with pytest.raises(UserError, match=fragment):
+            export(compose_export(*overrides))
+    with pytest.raises(UserError, match=r"pip install 'cvexp\[export\]'"):
+        require("no_such_module_for_cvexp", "ONNX export")
+
+
+@pytest.mark.slow
+def test_export_cli(tmp_path: Path, checkpoints) -> None:
+    result = run_cli(
+        "cvexp-export",
+        f"ckpt_path={checkpoints['vit']}",
+        "format=torchscript",
+        "out=model.pt",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "wrote model.pt" in result.stdout and "max |logit difference|" in result.stdout
+    assert (tmp_path / "model.pt").is_file()
+    (export_json,) = (tmp_path / "outputs" / "export").glob("*/*/export.json")
+    assert json.loads(export_json.read_text())["passed"] is True
