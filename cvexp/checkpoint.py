@@ -129,3 +129,82 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         finally:
             if partial.exists():
                 partial.unlink()
+
+
+def read_weights(path: str | Path, *, trust: bool = False) -> dict[str, torch.Tensor]:
+    """A net's weights from a cvexp checkpoint, a plain state dict (.pt/.pth) or a .safetensors file."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UserError(
+            f"Weights not found: {file}; pass init_from=<a .ckpt, .pt or .safetensors file>."
+        )
+    if file.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(file))
+        except (SafetensorError, OSError) as err:
+            raise UserError(
+                f"{file} is not a readable .safetensors file ({err}); check init_from."
+            ) from None
+    try:
+        loaded = torch.load(file, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError:
+        raise UserError(
+            f"{file} holds pickled Python objects that could run code, or is not a PyTorch file; "
+            "pass trust_checkpoint=true only if you trust its source."
+        ) from None
+    except Exception as err:  # garbage makes the unpickler fail in many ways
+        raise UserError(
+            f"{file} is not a readable PyTorch file ({type(err).__name__}); check init_from."
+        ) from None
+    for wrapper in ("state_dict", "model"):  # Lightning checkpoints, common training scripts
+        if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
+            loaded = loaded[wrapper]
+    if not isinstance(loaded, dict) or not all(
+        isinstance(v, torch.Tensor) for v in loaded.values()
+    ):
+        raise UserError(f"{file} holds no state dict of tensors; check init_from.")
+    if any(k.startswith("net.") for k in loaded):  # a cvexp checkpoint: the net's own keys
+        loaded = {k[len("net.") :]: v for k, v in loaded.items() if k.startswith("net.")}
+    return loaded
+
+
+def load_net_weights(
+    net: torch.nn.Module, path: str | Path, *, strict: bool = True, trust: bool = False
+) -> dict[str, Any]:
+    """Load weights into `net` for `init_from`; returns what was loaded and what kept its init.
+
+    `strict`: every parameter must be there with its shape. Otherwise the parameters that fit
+    are loaded and the rest (typically a head for another number of classes) keep their fresh
+    initialisation; most of the net must still fit, or it is another architecture.
+    """
+    weights = read_weights(path, trust=trust)
+    own = net.state_dict()
+    fits = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    missing = sorted(k for k in own if k not in fits)
+    unexpected = sorted(k for k in weights if k not in own)
+    mismatched = sorted(k for k in weights if k in own and own[k].shape != weights[k].shape)
+    params = {k for k, _ in net.named_parameters()}
+    loaded_share = sum(own[k].numel() for k in fits if k in params) / max(
+        1, sum(p.numel() for p in net.parameters())
+    )
+    problem = f"missing {missing[:3]}, unexpected {unexpected[:3]}, other shapes {mismatched[:3]}"
+    if (missing or unexpected) and (strict or loaded_share < 0.5):
+        hint = (
+            " or init_from_strict=false to keep what fits and initialise the rest (a head for "
+            "another number of classes, say)"
+            if strict and loaded_share >= 0.5
+            else ""
+        )
+        raise UserError(
+            f"The weights in {path} do not fit this network ({problem}); pass init_from=<weights "
+            f"of the same architecture>{hint}."
+        )
+    net.load_state_dict({**own, **fits})
+    if missing:
+        print(
+            f"init_from: {len(missing)} tensors kept their fresh initialisation: {', '.join(missing)}"
+        )
+    return {"path": str(Path(path).expanduser().resolve()), "initialised_fresh": missing}

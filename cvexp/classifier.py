@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -52,6 +53,7 @@ class ImageClassifier(L.LightningModule):
         self.scheduler_factory = scheduler
         # set by build_classifier and saved in checkpoints, so that a checkpoint rebuilds its net
         self.net_config: dict[str, Any] | None = None
+        self.planned_schedule: dict[str, Any] | None = None  # set by configure_optimizers
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -137,10 +139,29 @@ class ImageClassifier(L.LightningModule):
         if _accepts(self.scheduler_factory, "total_steps"):  # one-cycle, warmup_cosine
             kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
         scheduler = self.scheduler_factory(**kwargs)
+        self.planned_schedule = copy.deepcopy(scheduler.state_dict())
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def on_train_start(self) -> None:
+        """A fit resumed from a checkpoint follows the schedule planned for this fit's length.
+
+        The rule: the schedule is re-planned as if the run had been planned for the new
+        `max_epochs` from the start, and continues from the step the checkpoint reached; so
+        training on to more epochs cannot overrun a one-cycle or cosine schedule, and the
+        learning rate moves to the longer plan's value at that step.
+        """
+        configs = self.trainer.lr_scheduler_configs
+        if self.trainer.ckpt_path is None or self.planned_schedule is None or len(configs) != 1:
+            return
+        scheduler = configs[0].scheduler
+        steps_taken = scheduler.last_epoch
+        scheduler.load_state_dict(
+            {**self.planned_schedule, "last_epoch": steps_taken - 1, "_step_count": steps_taken}
+        )
+        scheduler.step()  # the planned learning rate at the step reached
 
     # ------------------------------------------------------------------ checkpoints
 

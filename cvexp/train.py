@@ -15,12 +15,12 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from cvexp.callbacks import InterruptCheckpoint, RunSummary
-from cvexp.checkpoint import read_checkpoint
+from cvexp.checkpoint import load_net_weights, read_checkpoint
 from cvexp.classifier import build_classifier
 from cvexp.runtime.ddp import ddp_relaunch_in_place
 from cvexp.runtime.errors import UserError, exit_on_user_error
 from cvexp.runtime.hydra_app import CONFIG_PATH, VERSION_BASE, register_resolvers
-from cvexp.runtime.resume import resume_argv
+from cvexp.runtime.resume import check_train_on, restore_hydra_record, resume_argv
 from cvexp.runtime.trainer import build_trainer
 
 
@@ -39,13 +39,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     with summary_on_failure(summary):
         if cfg.get("seed") is not None:
             L.seed_everything(cfg.seed, workers=True)
+        trust = bool(cfg.get("trust_checkpoint", False))
         datamodule = instantiate(cfg.data)
         classifier = build_classifier(cfg.model)
+        if cfg.get("init_from"):  # the weights only: a fresh optimiser, schedule and epoch
+            summary.record["init_from"] = load_net_weights(
+                classifier.net, cfg.init_from, strict=cfg.get("init_from_strict", True), trust=trust
+            )
         trainer = build_trainer(cfg, [summary, InterruptCheckpoint()])
         datamodule.per_device_batch_size(trainer.world_size)  # fail before any process starts
-        trust = bool(cfg.get("trust_checkpoint", False))
-        if cfg.get("ckpt_path"):  # refuse an unsafe or unreadable file before anything starts
-            read_checkpoint(cfg.ckpt_path, trust=trust)
+        if cfg.get("ckpt_path"):  # refuse an unsafe, unreadable or finished file before starting
+            check_train_on(read_checkpoint(cfg.ckpt_path, trust=trust), trainer.max_epochs)
 
         with ddp_relaunch_in_place(trainer):
             trainer.fit(
@@ -64,6 +68,8 @@ def summary_on_failure(summary: RunSummary) -> Iterator[None]:
         yield
     except BaseException as error:
         summary.record_failure(error)
+        if summary.previous is not None:  # a failed resume: the run's record stays as it was
+            restore_hydra_record(summary.path.parent)
         raise
 
 

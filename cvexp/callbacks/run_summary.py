@@ -34,8 +34,10 @@ class RunSummary(Callback):
     - `on_exception`: failed (with the one-sentence error) or interrupted.
 
     `record_failure` covers errors raised before the Trainer runs. Its state (best epoch,
-    seconds trained) is saved in checkpoints, so a resumed run continues the record. With
-    `hparams`, TensorBoard's HPARAMS tab gets them with the final best val/acc and test/acc.
+    seconds trained) is saved in checkpoints, so a resumed run continues the record. A result
+    once recorded is never lost: when an attempt to continue a finished run fails or is
+    interrupted, summary.json keeps the earlier result and lists the attempt under `attempts`.
+    With `hparams`, TensorBoard's HPARAMS tab gets them with the final best val/acc and test/acc.
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class RunSummary(Callback):
         mode: str = "max",
     ) -> None:
         self.path = Path(run_dir) / "summary.json"
+        self.previous = _read_json(self.path)  # the run's record before this attempt, if resumed
         self.record: dict[str, Any] = {
             "status": "failed",
             "params": None,
@@ -165,8 +168,24 @@ class RunSummary(Callback):
 
     @property
     def summary(self) -> dict[str, Any]:
-        """The record with what this callback tracked and the environment."""
+        """The record with what this callback tracked, the environment and earlier attempts."""
+        attempts = list(self.previous.get("attempts", [])) if self.previous else []
+        finished = ("completed", "stopped_early")
+        if (
+            self.previous
+            and self.previous.get("status") in finished
+            and self.record["status"] not in finished
+        ):
+            attempt = {
+                "status": self.record["status"],
+                "error": self.record.get("error"),
+                "overrides": self.record.get("overrides"),
+                "epochs_run": self.record.get("epochs_run"),
+                "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            return {**self.previous, "attempts": [*attempts, attempt]}
         return {
+            **({"attempts": attempts} if attempts else {}),
             "best_val_acc": self.best_score,
             "best_epoch": self.best_epoch,
             "train_seconds": round(self.train_seconds, 3),
@@ -204,6 +223,13 @@ def log_hparams(trainer: L.Trainer, hparams: dict[str, Any], summary: dict[str, 
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(hparams, {k: v for k, v in metrics.items() if v is not None})
             logger.finalize("success")
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _number(value: Any) -> float | None:

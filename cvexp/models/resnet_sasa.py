@@ -286,7 +286,9 @@ class ResNet(nn.Module):
         layers = [m for m in self.modules() if isinstance(m, LocalSelfAttention2d)]
         weights: list[torch.Tensor] = []
 
-        def record(layer: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> None:
+        def record(
+            layer: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor
+        ) -> None:
             weights.append(layer.forward(inputs[0], return_attention=True)[1])  # no hooks again
 
         handles = [layer.register_forward_hook(record) for layer in layers]

@@ -25,7 +25,8 @@ def resume_argv(argv: list[str]) -> list[str]:
     own, and the fit restarts from its `checkpoints/last.ckpt`: weights, optimiser, schedule,
     epoch, early-stopping and best-checkpoint state, RNG states, and the TensorBoard curves
     continue in the same folder. The run's earlier `.hydra/` record is kept under
-    `.hydra/history/<time>/` before Hydra writes the new one.
+    `.hydra/history/<time>/` before Hydra writes the new one (and put back if the attempt
+    fails). Overrides that would make it another run (model, net, split) are refused.
     """
     values = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("resume=")]
     if not values or os.environ.get(RESUME_ENV) or values[-1] in ("", "null"):
@@ -52,6 +53,7 @@ def resume_argv(argv: list[str]) -> list[str]:
     # '++' sets a key that exists only because the run added it, now that its '+' override is dropped
     new = [f"++{a}" if _key(a) in added and not a.startswith(("+", "~")) else a for a in argv[1:]]
     new = [a for a in new if not a.startswith("resume=")]
+    refuse_run_changing_overrides([a for a in new if a not in original and "=" in a])
     new_keys = {_key(a) for a in new}
     kept = [o for o in original if _key(o) not in new_keys | {"ckpt_path", "resume"}]
     history = run_dir / ".hydra" / "history" / time.strftime("%Y-%m-%d_%H-%M-%S")
@@ -61,8 +63,65 @@ def resume_argv(argv: list[str]) -> list[str]:
     os.environ[RESUME_ENV] = str(run_dir)  # DDP ranks re-run this command line: not twice
     return [
         argv[0],
+        *recorded_hydra_overrides(run_dir),
         *kept,
         *new,
         f"hydra.run.dir={quoted(run_dir)}",
         f"ckpt_path={quoted(last)}",
     ]
+
+
+def recorded_hydra_overrides(run_dir: Path) -> list[str]:
+    """The run's own `hydra.*` overrides (a search path, a launcher), except its directory."""
+    record = run_dir / ".hydra" / "hydra.yaml"
+    if not record.is_file():
+        return []
+    hydra_cfg = (yaml.safe_load(record.read_text()) or {}).get("hydra", {})
+    overrides = (hydra_cfg.get("overrides") or {}).get("hydra") or []
+    return [o for o in overrides if not o.startswith(("hydra.run.dir=", "hydra.mode="))]
+
+
+# overrides that would make a resumed run a different run: another network or another split
+CHANGES_THE_RUN = ("model", "model.net", "data.val_size", "data.seed", "seed")
+
+
+def refuse_run_changing_overrides(overrides: list[str]) -> None:
+    """Refuse, before anything is touched, new values that would make the resumed run another run."""
+    changed = [
+        o
+        for o in overrides
+        if any(_key(o) == k or _key(o).startswith(f"{k}.") for k in CHANGES_THE_RUN)
+    ]
+    if changed:
+        raise UserError(
+            f"resume= continues the same run, so {', '.join(changed)} cannot change (another network "
+            "or validation split would be another run); start a new run with init_from=<its "
+            "checkpoint> instead."
+        )
+
+
+def completed_epochs(checkpoint: dict) -> int:
+    """How many epochs a Lightning checkpoint's fit had completed."""
+    try:
+        return int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"])
+    except (KeyError, TypeError):
+        return int(checkpoint.get("epoch", 0))
+
+
+def check_train_on(checkpoint: dict, max_epochs: int | None) -> None:
+    """Continuing a fit needs `trainer.max_epochs` at least the epochs the checkpoint completed."""
+    done = completed_epochs(checkpoint)
+    if max_epochs is not None and 0 <= max_epochs < done:
+        raise UserError(
+            f"The checkpoint has completed {done} epochs, more than trainer.max_epochs={max_epochs}; "
+            f"pass trainer.max_epochs={done + 10} (or any number of epochs above {done}) to train on."
+        )
+
+
+def restore_hydra_record(run_dir: Path) -> None:
+    """After a failed resume: put back the run's `.hydra/` record as it was before the attempt."""
+    history = run_dir / ".hydra" / "history"
+    earlier = sorted(history.iterdir()) if history.is_dir() else []
+    if earlier:
+        for file in earlier[-1].glob("*.yaml"):
+            shutil.copy2(file, run_dir / ".hydra" / file.name)
