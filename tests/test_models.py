@@ -1,12 +1,17 @@
-"""VGG: shapes, gradients, BN flag, preprocessing owned by the model."""
+"""VGG: shapes, gradients, BN flag, width, preprocessing owned by the model; and every model config."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from hydra.core.global_hydra import GlobalHydra
 from torch import nn
 
+from cvexp.classifier import build_classifier
 from cvexp.models.vgg import VGG
+from cvexp.runtime.hydra_app import compose_config
 
 
 @pytest.mark.parametrize("batch_norm", [True, False], ids=["vgg16_bn", "vgg16"])
@@ -35,6 +40,33 @@ def test_batch_norm_flag_is_the_only_difference() -> None:
     # convs before BN carry no bias; without BN they do
     assert all(c.bias is None for c in convs)
     assert all(c.bias is not None for c in without.features if isinstance(c, nn.Conv2d))
+
+
+def test_width_scales_every_conv_and_keeps_the_depth() -> None:
+    quarter = VGG(depth=16, width=0.25)
+    convs = [m for m in quarter.features if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 13
+    assert [c.out_channels for c in convs] == [
+        16,
+        16,
+        32,
+        32,
+        64,
+        64,
+        64,
+        128,
+        128,
+        128,
+        128,
+        128,
+        128,
+    ]
+    assert quarter(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    full = sum(p.numel() for m in VGG(depth=16).features for p in m.parameters())
+    small = sum(p.numel() for m in quarter.features for p in m.parameters())
+    assert small / full == pytest.approx(1 / 16, rel=0.02)
+    with pytest.raises(ValueError, match="width must be positive"):
+        VGG(width=0.0)
 
 
 def test_head_is_512_wide_unless_asked() -> None:
@@ -75,3 +107,37 @@ def test_other_depths(depth: int) -> None:
 def test_bad_depth_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="depth must be one of"):
         VGG(depth=17)
+
+
+MODEL_CONFIGS = sorted(
+    p.stem
+    for p in (Path(__file__).resolve().parents[1] / "conf" / "model").glob("*.yaml")
+    if not p.stem.startswith("_")
+)
+# keep the timm models offline and small: random init, a tiny input
+OFFLINE = {"timm": ["model.net.pretrained=false", "model.net.img_size=32"]}
+
+
+@pytest.mark.parametrize("model", MODEL_CONFIGS)
+def test_every_model_config_builds_trains_and_shows_its_layers(model: str, tmp_path: Path) -> None:
+    """timm-style: every conf/model/*.yaml composes, builds, runs forward and backward on a
+    32x32 batch, and returns its per-layer outputs (and attention maps where it has them)."""
+    extra = OFFLINE["timm"] if model.startswith("timm") else []
+    cfg = compose_config("train", [f"model={model}", *extra], tmp_path)
+    torch.manual_seed(0)
+    classifier = build_classifier(cfg.model)
+    net = classifier.net
+    x = torch.rand(2, 3, 32, 32)
+    logits = classifier(x)
+    assert logits.shape == (2, 10) and torch.isfinite(logits).all()
+    nn.functional.cross_entropy(logits, torch.tensor([1, 2])).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+    features, layers = net.eval().forward_intermediates(x)
+    assert len(layers) >= 1 and all(t.ndim == 4 and t.shape[0] == 2 for t in layers)
+    assert torch.isfinite(features).all()
+    last = net.forward_intermediates(x, indices=1, intermediates_only=True)
+    torch.testing.assert_close(last[0], layers[-1])
+    attention = net.attention_maps(x) if hasattr(net, "attention_maps") else []
+    has_attention = model in ("vit", "resnet26_sasa", "resnet26_full_sasa") or "timm_vit" in model
+    assert bool(attention) == has_attention
+    GlobalHydra.instance().clear()

@@ -17,6 +17,7 @@ from cvexp.checkpoint import AtomicCheckpointIO, load_classifier
 from cvexp.data import CIFAR10DataModule
 from cvexp.runtime.errors import UserError
 from tests.conftest import BIN, CLI_TINY, run_cli, write_batches_dir
+from tests.test_bad_inputs import EXPLODING_LR
 
 ROOT = Path(__file__).resolve().parents[1]
 WITH_TESTS = {"PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -81,7 +82,7 @@ def test_resume_continues_bit_exactly(tmp_path: Path, tiny) -> None:
         "cvexp-train", *common, *stop, "paths.log_dir=split", cwd=tmp_path, env=WITH_TESTS
     )
     assert first.returncode == 0, first.stderr
-    (split_dir,) = list((tmp_path / "split").glob("*/*"))
+    (split_dir,) = list((tmp_path / "split" / "outputs").glob("*/*"))
     assert json.loads((split_dir / "summary.json").read_text())["epochs_run"] == 2
     resumed = run_cli(
         "cvexp-train",
@@ -91,8 +92,10 @@ def test_resume_continues_bit_exactly(tmp_path: Path, tiny) -> None:
         env=WITH_TESTS,
     )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert list((tmp_path / "split").glob("*/*")) == [split_dir]  # in place, no new directory
-    (full_dir,) = list((tmp_path / "full").glob("*/*"))
+    assert list((tmp_path / "split" / "outputs").glob("*/*")) == [
+        split_dir
+    ]  # in place, no new directory
+    (full_dir,) = list((tmp_path / "full" / "outputs").glob("*/*"))
     a = torch.load(full_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     b = torch.load(split_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys()
@@ -105,9 +108,7 @@ def test_resume_continues_bit_exactly(tmp_path: Path, tiny) -> None:
     assert len(resumed_curve) == 5 and len(set(resumed_curve)) == 4
     summary = json.loads((split_dir / "summary.json").read_text())
     assert summary["epochs_run"] == 4 and summary["status"] == "completed"
-    assert f"resume='{split_dir}'" in summary["overrides"] or any(
-        "resume=" in o for o in summary["overrides"]
-    )
+    assert f"ckpt_path='{split_dir / 'checkpoints' / 'last.ckpt'}'" in summary["overrides"]
     assert list(
         (split_dir / ".hydra" / "history").glob("*/overrides.yaml")
     )  # the first record is kept
@@ -190,3 +191,120 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path: Path, tiny) ->
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["epochs_run"] == checkpoint["epoch"] + 2
+
+
+def lr_by_step(run_dir: Path) -> dict[int, float]:
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {e.step: e.value for e in events.Scalars("lr")}
+
+
+@pytest.mark.slow
+def test_train_on_to_more_epochs_replans_the_schedule_in_place(tmp_path: Path, tiny) -> None:
+    """The two commands of the everyday path: a 1-epoch run, then `resume=` to 2 epochs."""
+    write_batches_dir(tmp_path / "data", tiny)
+    common = [*CLI_TINY, "trainer.deterministic=true", "callbacks.feature_maps=null"]
+    first = run_cli("cvexp-train", *common, "hydra.run.dir=r1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    run_dir = tmp_path / "r1"
+    done = json.loads((run_dir / "summary.json").read_text())
+    assert done["status"] == "completed" and done["epochs_run"] == 1
+    on = run_cli("cvexp-train", "resume=r1", "trainer.max_epochs=2", cwd=tmp_path)
+    assert on.returncode == 0, on.stdout + on.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_run"] == 2
+    assert summary["test_acc"] is not None
+    assert [step for step, _ in val_acc_by_epoch(run_dir)][-1] > 0  # epoch 2 in the same curves
+    # the rule: re-planned as if planned for 2 epochs from the start, from the step reached;
+    # so from step 2 on, the learning rate is that of a run planned for 2 epochs
+    planned = run_cli(
+        "cvexp-train", *common, "trainer.max_epochs=2", "hydra.run.dir=r2", cwd=tmp_path
+    )
+    assert planned.returncode == 0, planned.stderr
+    resumed_lr, planned_lr = lr_by_step(run_dir), lr_by_step(tmp_path / "r2")
+    assert sorted(resumed_lr) == sorted(planned_lr) == [0, 1, 2, 3]
+    for step in (2, 3):
+        assert resumed_lr[step] == pytest.approx(planned_lr[step])
+    assert resumed_lr[0] != pytest.approx(planned_lr[0])  # epoch 1 ran on the 1-epoch plan
+    # fewer epochs than the run has done: one sentence, and the record is kept
+    fewer = run_cli("cvexp-train", "resume=r1", "trainer.max_epochs=1", cwd=tmp_path)
+    assert fewer.returncode == 2 and "has completed 2 epochs" in fewer.stderr
+    assert "Traceback" not in fewer.stderr
+
+
+@pytest.mark.slow
+def test_a_failed_resume_keeps_the_result_and_records_the_attempt(tmp_path: Path, tiny) -> None:
+    write_batches_dir(tmp_path / "data", tiny)
+    first = run_cli("cvexp-train", *CLI_TINY, "hydra.run.dir=r1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    run_dir = tmp_path / "r1"
+    result = json.loads((run_dir / "summary.json").read_text())
+    record = {p.name: p.read_bytes() for p in (run_dir / ".hydra").glob("*.yaml")}
+    # fails before training (no dataset there), then during training (the loss explodes)
+    before = run_cli(
+        "cvexp-train", "resume=r1", "trainer.max_epochs=3", "data.root=./nowhere", cwd=tmp_path
+    )
+    assert before.returncode == 2 and "No CIFAR-10 found" in before.stderr
+    during = run_cli(
+        "cvexp-train", "resume=r1", *EXPLODING_LR, "trainer.max_epochs=4", cwd=tmp_path
+    )
+    assert during.returncode == 2 and "The training loss became" in during.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    kept = {k: v for k, v in summary.items() if k != "attempts"}
+    assert kept == result  # the completed result, unchanged
+    assert [a["status"] for a in summary["attempts"]] == ["failed", "failed"]
+    assert "No CIFAR-10 found" in summary["attempts"][0]["error"]
+    assert "The training loss became" in summary["attempts"][1]["error"]
+    assert {p.name: p.read_bytes() for p in (run_dir / ".hydra").glob("*.yaml")} == record
+    # and an override that would make it another run is refused before anything is touched
+    other = run_cli("cvexp-train", "resume=r1", "model=vit", cwd=tmp_path)
+    assert other.returncode == 2 and "cannot change" in other.stderr
+
+
+@pytest.mark.slow
+def test_init_from_starts_a_new_run_from_weights_only(tmp_path: Path, tiny) -> None:
+    write_batches_dir(tmp_path / "data", tiny)
+    first = run_cli("cvexp-train", *CLI_TINY, "hydra.run.dir=r1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    best = json.loads((tmp_path / "r1" / "summary.json").read_text())["best_model_path"]
+    source, _ = load_classifier(best)
+    # a plain state dict of the net, as a training script elsewhere would save it
+    torch.save(source.net.state_dict(), tmp_path / "net.pt")
+    for weights in (best, str(tmp_path / "net.pt")):
+        new = run_cli(
+            "cvexp-train",
+            *CLI_TINY,
+            f"init_from={weights}",
+            "trainer.max_epochs=0",
+            "test=false",
+            "hydra.run.dir=from_" + Path(weights).stem,
+            cwd=tmp_path,
+        )
+        assert new.returncode == 0, new.stdout + new.stderr
+        run = tmp_path / f"from_{Path(weights).stem}"
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["init_from"]["path"] == str(Path(weights).resolve())
+        assert summary["init_from"]["initialised_fresh"] == []
+        assert summary["epochs_run"] == 0  # a fresh epoch counter
+    # another head: one sentence naming init_from_strict=false, which keeps the backbone
+    wider = ["model.net.head_width=32"]
+    refused = run_cli("cvexp-train", *CLI_TINY, *wider, f"init_from={best}", cwd=tmp_path)
+    assert refused.returncode == 2 and "init_from_strict=false" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    kept = run_cli(
+        "cvexp-train",
+        *CLI_TINY,
+        *wider,
+        f"init_from={best}",
+        "init_from_strict=false",
+        "hydra.run.dir=head",
+        cwd=tmp_path,
+    )
+    assert kept.returncode == 0, kept.stdout + kept.stderr
+    fresh = json.loads((tmp_path / "head" / "summary.json").read_text())["init_from"]
+    assert fresh["initialised_fresh"] and all(
+        k.startswith("classifier.") for k in fresh["initialised_fresh"]
+    )
+    # another architecture altogether: refused
+    vit = run_cli("cvexp-train", *CLI_TINY, "model=vit", f"init_from={best}", cwd=tmp_path)
+    assert vit.returncode == 2 and "do not fit this network" in vit.stderr

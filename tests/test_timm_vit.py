@@ -183,7 +183,7 @@ def test_attention_maps_of_a_timm_vit_are_its_softmax_weights() -> None:
     torch.manual_seed(0)
     net = TimmClassifier(name=NAME, pretrained=False, img_size=32).eval()
     x = torch.rand(2, 3, 32, 32)
-    maps = net.get_attention_maps(x)
+    maps = net.attention_maps(x)
     assert len(maps) == len(net.model.blocks) and maps[0].shape == (
         2,
         3,

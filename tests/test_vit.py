@@ -61,7 +61,7 @@ def test_explicit_path_is_the_formula() -> None:
 def test_attention_weights_are_distributions() -> None:
     torch.manual_seed(0)
     net = VisionTransformer(**SMALL).eval()
-    maps = net.get_attention_maps(torch.rand(2, 3, 32, 32))
+    maps = net.attention_maps(torch.rand(2, 3, 32, 32))
     assert len(maps) == 2
     for weights in maps:
         assert weights.shape == (2, 4, 65, 65)  # 64 patches + the class token

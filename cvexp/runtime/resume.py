@@ -82,7 +82,7 @@ def recorded_hydra_overrides(run_dir: Path) -> list[str]:
 
 
 # overrides that would make a resumed run a different run: another network or another split
-CHANGES_THE_RUN = ("model", "model.net", "data.val_size", "data.seed", "seed")
+CHANGES_THE_RUN = ("model", "model.net", "model.num_classes", "data.val_size", "data.seed", "seed")
 
 
 def refuse_run_changing_overrides(overrides: list[str]) -> None:
@@ -90,7 +90,7 @@ def refuse_run_changing_overrides(overrides: list[str]) -> None:
     changed = [
         o
         for o in overrides
-        if any(_key(o) == k or _key(o).startswith(f"{k}.") for k in CHANGES_THE_RUN)
+        if _key(o) in CHANGES_THE_RUN or _key(o).startswith("model.net.")
     ]
     if changed:
         raise UserError(
