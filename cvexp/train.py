@@ -19,7 +19,12 @@ from cvexp.checkpoint import load_net_weights, read_checkpoint
 from cvexp.classifier import build_classifier
 from cvexp.runtime.ddp import ddp_relaunch_in_place
 from cvexp.runtime.errors import UserError, exit_on_user_error
-from cvexp.runtime.hydra_app import CONFIG_PATH, VERSION_BASE, register_resolvers
+from cvexp.runtime.hydra_app import (
+    CONFIG_PATH,
+    VERSION_BASE,
+    log_lightning_to_run_file,
+    register_resolvers,
+)
 from cvexp.runtime.resume import check_train_on, restore_hydra_record, resume_argv
 from cvexp.runtime.trainer import build_trainer
 
@@ -36,6 +41,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         hparams=hparams_for_tensorboard(cfg),
         test_after_fit=bool(cfg.get("test", True)),
     )
+    log_lightning_to_run_file()
     with summary_on_failure(summary):
         if cfg.get("seed") is not None:
             L.seed_everything(cfg.seed, workers=True)

@@ -11,39 +11,35 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import numpy as np
 import torch
 from omegaconf import DictConfig
-from PIL import Image, UnidentifiedImageError
 
 from cvexp.checkpoint import load_classifier
 from cvexp.data import CLASSES, CIFAR10DataModule
+from cvexp.data.image_files import IMAGE_SIZE, UnreadableImage, read_image_with_size
 from cvexp.runtime.errors import UserError, exit_on_user_error
 from cvexp.runtime.hydra_app import CONFIG_PATH, VERSION_BASE, register_resolvers
 from cvexp.viz.figures import predictions_figure, save_figure
 from cvexp.viz.network import network_figures
 
-IMAGE_SIZE = 32
-
 
 def load_image_file(path: str | Path) -> torch.Tensor:
-    """Any image file as (3, 32, 32) float in [0, 1]; other sizes are resized, with a notice."""
+    """Any image file as (3, 32, 32) float in [0, 1] (16-bit and alpha handled); other sizes
+    are resized, with a notice."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise UserError(f"Image not found: {file}; pass image=<path to a .png or .jpg file>.")
     try:
-        with Image.open(file) as img:
-            rgb = img.convert("RGB")
-    except (UnidentifiedImageError, OSError):
+        image, (width, height) = read_image_with_size(file, IMAGE_SIZE)
+    except UnreadableImage as error:
         raise UserError(
-            f"{file} is not a readable image; pass image=<path to a .png or .jpg file>."
+            f"{file} is not a readable image ({error.reason}); pass image=<path to a .png or .jpg file>."
         ) from None
-    if rgb.size != (IMAGE_SIZE, IMAGE_SIZE):
+    if (width, height) != (IMAGE_SIZE, IMAGE_SIZE):
         print(
-            f"note: {file.name} is {rgb.size[0]}x{rgb.size[1]}; resized to {IMAGE_SIZE}x{IMAGE_SIZE}, as the model expects"
+            f"note: {file.name} is {width}x{height}; resized to {IMAGE_SIZE}x{IMAGE_SIZE}, as the model expects"
         )
-        rgb = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC)
-    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).float() / 255
+    return image
 
 
 def load_test_image(cfg: DictConfig) -> tuple[torch.Tensor, int]:

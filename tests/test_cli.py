@@ -20,6 +20,7 @@ def test_train_cli_writes_the_run_directory(finished_run) -> None:
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     assert (run_dir / ".hydra" / "overrides.yaml").is_file()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert "GPU available" in (run_dir / "train.log").read_text()  # Lightning's console log
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert summary["status"] == "completed"
     assert summary["model"] == "tiny"
@@ -35,7 +36,9 @@ def test_eval_cli_writes_metrics_per_class_accuracy_and_confusion_matrix(finishe
         "cvexp-eval", f"ckpt_path={summary['best_model_path']}", "trainer.accelerator=cpu", cwd=cwd
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    (eval_dir,) = [p.parent for p in (cwd / "outputs" / "eval").glob("*/*/metrics.json")]
+    (eval_dir,) = [p.parent for p in (cwd / "outputs" / "eval").glob("*/metrics.json")]
+    # named for the checkpoint it evaluated: <run folder>_<checkpoint file name>
+    assert eval_dir.name.startswith(Path(summary["best_model_path"]).parents[1].name + "_epoch")
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     assert metrics["test_images"] == 60  # the whole tiny test set
     assert len(metrics["per_class_accuracy"]) == 10

@@ -9,11 +9,13 @@ from lightning.pytorch.callbacks import Callback
 
 
 class LearningRateLogger(Callback):
-    """Logs the first parameter group's learning rate every `every_n_steps` optimiser steps.
+    """Logs the learning rate every `every_n_steps` optimiser steps: `lr` (and `momentum`).
 
     Lightning's LearningRateMonitor names the tag after the optimiser and splits it per
-    parameter group (`lr-SGD/pg1`, ...); our groups differ only in weight decay, so one
-    `lr` tag is the truth, and it is what the run contract names.
+    parameter group (`lr-SGD/pg1`, ...), a tag per group in every run. Most of our groups
+    differ only in weight decay, so one `lr` tag (the first group's, which the run contract
+    names) is the truth; when the groups' rates differ (layer-wise lr decay), each group's
+    is logged too, as `lr/group_NN`.
     """
 
     def __init__(self, every_n_steps: int = 1, log_momentum: bool = True) -> None:
@@ -24,8 +26,12 @@ class LearningRateLogger(Callback):
     ) -> None:
         if trainer.global_step % self.every_n_steps or not trainer.optimizers:
             return
-        group = trainer.optimizers[0].param_groups[0]
+        groups = trainer.optimizers[0].param_groups
+        group = groups[0]
         pl_module.log("lr", float(group["lr"]), on_step=True, on_epoch=False)
+        if len({g["lr"] for g in groups}) > 1:
+            for i, g in enumerate(groups):
+                pl_module.log(f"lr/group_{i:02d}", float(g["lr"]), on_step=True, on_epoch=False)
         momentum = group.get("momentum", group.get("betas", (None,))[0])
         if self.log_momentum and momentum is not None:
             pl_module.log("momentum", float(momentum), on_step=True, on_epoch=False)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -28,12 +30,45 @@ def path_safe(text: str, max_length: int = 120) -> str:
     return safe
 
 
+def default_data_root() -> str:
+    """`data.root`'s default: CVEXP_DATA when set and not empty, else ./data."""
+    return os.environ.get("CVEXP_DATA", "").strip() or "./data"
+
+
+def checkpoint_name(ckpt_path: str | None) -> str:
+    """A folder name for a checkpoint's outputs: its run's folder name and its own stem."""
+    if not ckpt_path:
+        return "no_checkpoint"
+    path = Path(str(ckpt_path))
+    run = path.parent.parent.name if path.parent.name == "checkpoints" else path.parent.name
+    return path_safe(f"{run}_{path.stem}" if run else path.stem)
+
+
 def register_resolvers() -> None:
     """Register cvexp's OmegaConf resolvers (idempotent; none has side effects)."""
     from cvexp.runtime.run_dir import job_dirname
 
     OmegaConf.register_new_resolver("path_safe", path_safe, replace=True)
     OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
+    OmegaConf.register_new_resolver("data_root", default_data_root, replace=True)
+    OmegaConf.register_new_resolver("checkpoint_name", checkpoint_name, replace=True)
+
+
+def log_lightning_to_run_file() -> None:
+    """Send Lightning's console messages to the run's log file (`train.log`) as well.
+
+    Lightning's loggers print to stderr and do not propagate, so Hydra's file handler on the
+    root logger never sees them; this adds that handler to them (once).
+    """
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in logger.handlers[:]:  # an earlier sweep job's file
+            if isinstance(handler, logging.FileHandler) and handler not in files:
+                logger.removeHandler(handler)
+        for handler in files:
+            if handler not in logger.handlers:
+                logger.addHandler(handler)
 
 
 def in_multirun() -> bool:

@@ -88,9 +88,7 @@ CHANGES_THE_RUN = ("model", "model.net", "model.num_classes", "data.val_size", "
 def refuse_run_changing_overrides(overrides: list[str]) -> None:
     """Refuse, before anything is touched, new values that would make the resumed run another run."""
     changed = [
-        o
-        for o in overrides
-        if _key(o) in CHANGES_THE_RUN or _key(o).startswith("model.net.")
+        o for o in overrides if _key(o) in CHANGES_THE_RUN or _key(o).startswith("model.net.")
     ]
     if changed:
         raise UserError(
