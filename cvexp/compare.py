@@ -30,6 +30,7 @@ from omegaconf.errors import OmegaConfBaseException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
+from cvexp.callbacks.run_summary import FINISHED
 from cvexp.checkpoint import offline_net_config
 from cvexp.models.cost import count_macs_and_params
 from cvexp.runtime.errors import UserError
@@ -241,7 +242,7 @@ class Group:
     runs: list[Run]
 
     def finished(self) -> list[Run]:
-        return [r for r in self.runs if r.status in ("completed", "stopped_early")]
+        return [r for r in self.runs if r.status in FINISHED]
 
 
 def group_runs(runs: list[Run]) -> list[Group]:

@@ -30,7 +30,7 @@ INPUT_NAME, OUTPUT_NAME = "images", "logits"
 ONNX_EXPORTERS = ("auto", "dynamo", "legacy")
 # ONNX files hold at most 2 GB in one protobuf; larger weights go to a .data file beside it
 ONNX_SINGLE_FILE_BYTES = 1_800_000_000
-EXPORT_EXTRA = "pip install 'cvexp[export]'"
+EXPORT_EXTRA = 'pip install -e ".[export]"'
 
 
 class ImagesToLogits(nn.Module):

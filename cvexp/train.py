@@ -26,6 +26,7 @@ from cvexp.runtime.hydra_app import (
     register_resolvers,
 )
 from cvexp.runtime.resume import check_train_on, restore_hydra_record, resume_argv
+from cvexp.runtime.settings import check_settings
 from cvexp.runtime.trainer import build_trainer
 
 
@@ -43,6 +44,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     log_lightning_to_run_file()
     with summary_on_failure(summary):
+        check_settings(cfg)  # a sweep job's own values (single runs were checked before)
         if cfg.get("seed") is not None:
             L.seed_everything(cfg.seed, workers=True)
         trust = bool(cfg.get("trust_checkpoint", False))

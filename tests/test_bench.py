@@ -17,9 +17,11 @@ def test_quick_bench_writes_the_contract_json_and_never_overwrites_it(tmp_path: 
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "bench.json").read_text())
 
-    for key in ("framework_overhead", "data_pipeline", "vit_vs_timm"):
+    for key in ("framework_overhead", "framework_overhead_small", "data_pipeline", "vit_vs_timm"):
         ratio = results[key]["ratio"]
         assert math.isfinite(ratio) and ratio > 0, key
+    small = results["framework_overhead_small"]
+    assert "model.net.width=0.125" in small["model"] and small["plain_step_ms"] > 0
     memory = results["datamodule_memory"]
     assert memory["images"] == 60_000  # the full-size DataModule, on generated data here
     assert memory["rss_mb"] == memory["decode_rss_mb"] >= memory["cached_rss_mb"]
@@ -28,7 +30,7 @@ def test_quick_bench_writes_the_contract_json_and_never_overwrites_it(tmp_path: 
     assert all(option["speedup"] > 0 for option in results["options"].values())
     assert results["mode"] == "quick"
     assert all(results[k]["goal_met"] is None for k in ("data_pipeline", "vit_vs_timm"))
-    assert "| data pipeline" in done.stdout  # the table
+    assert "| data pipeline" in done.stdout and "| framework overhead, small net" in done.stdout
 
     before = (tmp_path / "bench.json").read_bytes()
     again = run_cli("cvexp-bench", "--quick", cwd=tmp_path)

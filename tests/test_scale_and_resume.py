@@ -275,7 +275,6 @@ def test_init_from_starts_a_new_run_from_weights_only(tmp_path: Path, tiny) -> N
             "cvexp-train",
             *CLI_TINY,
             f"init_from={weights}",
-            "trainer.max_epochs=0",
             "test=false",
             "hydra.run.dir=from_" + Path(weights).stem,
             cwd=tmp_path,
@@ -285,7 +284,7 @@ def test_init_from_starts_a_new_run_from_weights_only(tmp_path: Path, tiny) -> N
         summary = json.loads((run / "summary.json").read_text())
         assert summary["init_from"]["path"] == str(Path(weights).resolve())
         assert summary["init_from"]["initialised_fresh"] == []
-        assert summary["epochs_run"] == 0  # a fresh epoch counter
+        assert summary["epochs_run"] == 1  # a fresh epoch counter: 1 of trainer.max_epochs=1
     # another head: one sentence naming init_from_strict=false, which keeps the backbone
     wider = ["model.net.head_width=32"]
     refused = run_cli("cvexp-train", *CLI_TINY, *wider, f"init_from={best}", cwd=tmp_path)

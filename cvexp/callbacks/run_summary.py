@@ -13,14 +13,16 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, Timer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 import cvexp
 from cvexp.runtime.errors import user_error_message
 
-STATUSES = ("completed", "stopped_early", "failed", "interrupted")
+# time_limit: stopped by trainer.max_time before max_epochs (the best checkpoint is still tested)
+FINISHED = ("completed", "stopped_early", "time_limit")
+STATUSES = (*FINISHED, "failed", "interrupted")
 
 
 class RunSummary(Callback):
@@ -99,8 +101,15 @@ class RunSummary(Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._stop_clock()
         stopping = trainer.early_stopping_callback
-        stopped = stopping is not None and stopping.stopped_epoch > 0
-        self.record["status"] = "stopped_early" if stopped else "completed"
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        if stopping is not None and stopping.stopped_epoch > 0:
+            self.record["status"] = "stopped_early"
+        elif (
+            timer is not None and timer.time_remaining() is not None and timer.time_remaining() <= 0
+        ):
+            self.record["status"] = "time_limit"
+        else:
+            self.record["status"] = "completed"
         self._record_fit(trainer)
         self.write(trainer, final=not self.test_after_fit)
 
@@ -170,11 +179,10 @@ class RunSummary(Callback):
     def summary(self) -> dict[str, Any]:
         """The record with what this callback tracked, the environment and earlier attempts."""
         attempts = list(self.previous.get("attempts", [])) if self.previous else []
-        finished = ("completed", "stopped_early")
         if (
             self.previous
-            and self.previous.get("status") in finished
-            and self.record["status"] not in finished
+            and self.previous.get("status") in FINISHED
+            and self.record["status"] not in FINISHED
         ):
             attempt = {
                 "status": self.record["status"],

@@ -23,7 +23,7 @@ def ddp_relaunch_in_place(trainer: L.Trainer) -> Iterator[None]:
 
     Lightning starts each extra rank as this process's command line (`sys.argv`) plus
     `hydra.run.dir=<run.dir>`. For a single run we pin run.dir to the directory Hydra
-    already made, so a resolver such as fresh_dir is never evaluated again. In a sweep the
+    already made (and that RunDirectory claimed), so the ranks never claim another. In a sweep the
     command line still holds `-m` and the sweep lists, so each rank would run the whole sweep
     in the wrong place: for the length of the job we replace it by this job's own overrides
     (a single run) and point run.dir at the job's directory. We chose this over a spawn-based
@@ -38,7 +38,6 @@ def ddp_relaunch_in_place(trainer: L.Trainer) -> Iterator[None]:
         return
     hydra_cfg = HydraConfig.get()
     saved_argv = sys.argv[:]
-    # (run.dir is never read here: reading it would evaluate fresh_dir and claim a directory)
     with read_write(hydra_cfg.run):
         hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
     if hydra_cfg.mode == RunMode.MULTIRUN:

@@ -82,7 +82,7 @@ def recorded_hydra_overrides(run_dir: Path) -> list[str]:
 
 
 # overrides that would make a resumed run a different run: another network or another split
-CHANGES_THE_RUN = ("model", "model.net", "model.num_classes", "data.val_size", "data.seed", "seed")
+CHANGES_THE_RUN = ("model", "experiment", "model.num_classes", "data.val_size", "data.seed", "seed")
 
 
 def refuse_run_changing_overrides(overrides: list[str]) -> None:
@@ -92,9 +92,9 @@ def refuse_run_changing_overrides(overrides: list[str]) -> None:
     ]
     if changed:
         raise UserError(
-            f"resume= continues the same run, so {', '.join(changed)} cannot change (another network "
-            "or validation split would be another run); start a new run with init_from=<its "
-            "checkpoint> instead."
+            f"resume= continues the same run, so {', '.join(changed)} cannot change (another network, "
+            "recipe or validation split would be another run); start a new run with "
+            "init_from=<its checkpoint> instead."
         )
 
 

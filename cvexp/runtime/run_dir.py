@@ -64,10 +64,22 @@ def refuse(message: str) -> None:
     sys.exit(2)
 
 
+def settings_or_refuse(config: DictConfig) -> None:
+    """Check the run's settings before anything is created (see runtime/settings.py)."""
+    from cvexp.runtime.errors import UserError
+    from cvexp.runtime.settings import check_settings
+
+    try:
+        check_settings(config)
+    except UserError as error:
+        refuse(str(error))
+
+
 class RunDirectory(Callback):
     """Hydra callback: claim a fresh run or sweep directory; refuse to write into an existing run."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        settings_or_refuse(config)
         if any(name in os.environ for name in RANK_ENV):
             return  # a rank of a multi-process launch: use the directory it was given
         run_dir = Path(str(config.hydra.run.dir))
@@ -86,6 +98,7 @@ class RunDirectory(Callback):
             )
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        settings_or_refuse(config)
         os.environ[SWEEP_KEYS_ENV] = ",".join(sorted(swept_keys(config)))
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if explicitly_given(config, "hydra.sweep.dir"):
