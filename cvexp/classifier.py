@@ -77,12 +77,17 @@ class ImageClassifier(L.LightningModule):
         x, y = batch
         logits = self(x)
         loss = self.criterion(logits, y)
-        self.train_acc.update(logits, y)  # update only: no per-batch compute
+        self.train_acc.update(logits, y)  # update only: computed and logged once per epoch
         self.train_loss.update(loss.detach(), weight=len(y))
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
-        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        # one log call per epoch instead of two per step; compute() syncs over ranks
+        self.log("train/loss_epoch", self.train_loss.compute())
+        self.log("train/acc", self.train_acc.compute(), prog_bar=True)
+        self.train_loss.reset()
+        self.train_acc.reset()
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch

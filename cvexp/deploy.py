@@ -139,31 +139,17 @@ def _torch_onnx_export(
         warnings.filterwarnings("ignore", message=".*feature will be removed.*")
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*Constant folding.*")
+        common = {
+            "input_names": [INPUT_NAME],
+            "output_names": [OUTPUT_NAME],
+            "opset_version": opset,
+        }
         if dynamo:
             batch = torch.export.Dim("batch", min=1)
-            torch.onnx.export(
-                model,
-                (example,),
-                str(path),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                opset_version=opset,
-                dynamo=True,
-                dynamic_shapes={INPUT_NAME: {0: batch}},
-                external_data=large,
-                verbose=False,
-            )
+            dynamic = {"dynamic_shapes": {INPUT_NAME: {0: batch}}, "external_data": large}
         else:
-            torch.onnx.export(
-                model,
-                (example,),
-                str(path),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                opset_version=opset,
-                dynamo=False,
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            )
+            dynamic = {"dynamic_axes": {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}}
+        torch.onnx.export(model, (example,), str(path), dynamo=dynamo, **common, **dynamic)
 
 
 @contextmanager

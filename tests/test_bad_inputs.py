@@ -244,6 +244,29 @@ CASES = {
         lambda ws: ["--quick", "--data-root", str(ws.scratch / "empty")],
         ("No CIFAR-10 found", "--data-root"),
     ),
+    "trains-nothing": Case(
+        "cvexp-train", train("trainer.max_epochs=0"), ("trainer.max_epochs=0 trains nothing",)
+    ),
+    "no-training-batches": Case(
+        "cvexp-train", train("trainer.limit_train_batches=0"), ("limit_train_batches=0",)
+    ),
+    "no-validation-batches": Case(
+        "cvexp-train", train("trainer.limit_val_batches=0"), ("limit_val_batches=0",)
+    ),
+    "negative-learning-rate": Case(
+        "cvexp-train", train("model.optimizer.lr=-1"), ("model.optimizer.lr=-1", "positive")
+    ),
+    "data-root-is-a-file": Case(
+        "cvexp-train", train_on(text_as_image), ("is a file", "the folder that holds CIFAR-10")
+    ),
+    "resume-as-another-model": Case(
+        "cvexp-train",
+        lambda ws: [f"resume={ws.run_dir}", "model=vit"],
+        ("model=vit cannot change", "init_from="),
+    ),
+    "visualize-top-k-zero": Case(
+        "cvexp-visualize", lambda ws: [f"ckpt_path={ws.best}", "top_k=0"], ("top_k=0",)
+    ),
     "disk-full-writing-a-checkpoint": Case(
         "cvexp-train",
         train(),

@@ -216,6 +216,7 @@ def test_visualize_command(compose_train, tmp_path: Path, data_root: Path) -> No
         "feature_maps/layer01.png",
         "overview.png",
         "prediction.png",
+        "vit_pipeline.png",
     ]
 
     # the failing inputs are in test_bad_inputs.py; the runs it read are unchanged

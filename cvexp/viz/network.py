@@ -14,8 +14,10 @@ import torch
 from torch import nn
 
 from cvexp.models.intermediates import take_indices
+from cvexp.models.vit import VisionTransformer
 from cvexp.viz.attention import attention_figure, local_attention_figure
 from cvexp.viz.features import feature_grid_figure, filters_figure, overview_figure
+from cvexp.viz.vit_pipeline import vit_pipeline_figure
 
 
 def spatial_convs(net: nn.Module) -> list[tuple[str, nn.Conv2d]]:
@@ -61,8 +63,9 @@ def network_figures(
     With `every_layer`: `filters/layerNN` and `feature_maps/layerNN` for each chosen layer,
     `overview` (the image through the chosen layers), and attention: `attention/blockNN` per
     chosen block and `attention/rollout` (a ViT), or `attention/layerNN` for the last local
-    attention layer. Without: only `filters` (first layer), `feature_maps` (the overview)
-    and `attention`.
+    attention layer; for the scratch ViT, `vit_pipeline` (the image, its patches, and a few
+    patches' vectors and embeddings). Without: only `filters` (first layer), `feature_maps`
+    (the overview) and `attention`.
     Raises IndexError for a layer out of range.
     """
     outputs = layer_outputs(net, image)
@@ -86,6 +89,8 @@ def network_figures(
     figures["overview" if every_layer else "feature_maps"] = overview_figure(
         image, {f"layer {i}": outputs[i] for i in chosen}, title=caption
     )
+    if every_layer and isinstance(net, VisionTransformer):  # the course's ViT: its first steps
+        figures["vit_pipeline"] = vit_pipeline_figure(net, image.to(_device(net)), caption)
     attentions = attention_of(net, image)
     if attentions and attentions[0].ndim == 4:  # a ViT: (1, heads, T, T) per block
         blocks = take_indices(len(attentions), layers if layers is not None else [-1])
