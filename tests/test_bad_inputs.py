@@ -316,6 +316,7 @@ def outcomes(finished_run, tmp_path_factory, tiny: TinyCifar) -> dict[str, Outco
     return results
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_gets_one_clear_sentence_and_touches_nothing(name: str, outcomes) -> None:
     result, scratch = outcomes[name].result, outcomes[name].scratch
@@ -327,6 +328,7 @@ def test_bad_input_gets_one_clear_sentence_and_touches_nothing(name: str, outcom
     assert not (scratch / "pwned").exists()  # no checkpoint ran code while loading
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_the_run_and_keeps_the_best_checkpoint_so_far(finished_run) -> None:
     cwd, run_dir, _ = finished_run
     before, earlier_runs = snapshot(run_dir), set((cwd / "outputs").glob("*/*"))

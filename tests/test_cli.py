@@ -15,6 +15,7 @@ from tests.conftest import CLI_TINY, run_cli
 TINY = CLI_TINY
 
 
+@pytest.mark.slow
 def test_train_cli_writes_the_run_directory(finished_run) -> None:
     cwd, run_dir, summary = finished_run
     assert (run_dir / ".hydra" / "config.yaml").is_file()
@@ -30,6 +31,7 @@ def test_train_cli_writes_the_run_directory(finished_run) -> None:
     assert (cwd / "data" / ".cvexp_cache").is_dir()
 
 
+@pytest.mark.slow
 def test_eval_cli_writes_metrics_per_class_accuracy_and_confusion_matrix(finished_run) -> None:
     cwd, _, summary = finished_run
     result = run_cli(
@@ -63,6 +65,7 @@ def test_claim_fresh_dir_never_reuses_a_directory(tmp_path: Path) -> None:
     assert claim_fresh_dir(target) == Path(f"{target}-2")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("command", "name"),
     [
@@ -82,6 +85,7 @@ def test_help_names_the_command_and_leaves_the_working_directory_as_it_was(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_an_explicit_run_dir_that_holds_a_run_is_refused_and_left_as_it_was(finished_run) -> None:
     cwd, run_dir, _ = finished_run
     before = {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}

@@ -118,7 +118,13 @@ MODEL_CONFIGS = sorted(
 OFFLINE = {"timm": ["model.net.pretrained=false", "model.net.img_size=32"]}
 
 
-@pytest.mark.parametrize("model", MODEL_CONFIGS)
+@pytest.mark.parametrize(
+    "model",
+    [
+        pytest.param(m, marks=pytest.mark.slow) if m.startswith(("resnet", "timm")) else m
+        for m in MODEL_CONFIGS
+    ],
+)
 def test_every_model_config_builds_trains_and_shows_its_layers(model: str, tmp_path: Path) -> None:
     """timm-style: every conf/model/*.yaml composes, builds, runs forward and backward on a
     32x32 batch, and returns its per-layer outputs (and attention maps where it has them)."""

@@ -36,6 +36,7 @@ def sweep(tmp_path_factory, tiny) -> tuple[Path, Path]:
     return cwd, sweep_dir
 
 
+@pytest.mark.slow
 def test_sweep_jobs_get_readable_directories(sweep) -> None:
     _, sweep_dir = sweep
     jobs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
@@ -55,6 +56,7 @@ def test_sweep_jobs_get_readable_directories(sweep) -> None:
             assert (sweep_dir / job / part).exists(), f"{job}/{part}"
 
 
+@pytest.mark.slow
 def test_compare_writes_the_table_and_the_graph(sweep) -> None:
     cwd, sweep_dir = sweep
     result = run_cli("cvexp-compare", str(sweep_dir), cwd=cwd)
@@ -86,6 +88,7 @@ def test_compare_writes_the_table_and_the_graph(sweep) -> None:
     assert "± " in (sweep_dir / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_compare_reads_single_runs_and_other_metrics(sweep, tmp_path: Path) -> None:
     _, sweep_dir = sweep
     jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
@@ -95,6 +98,7 @@ def test_compare_reads_single_runs_and_other_metrics(sweep, tmp_path: Path) -> N
     assert (tmp_path / "ab" / "convergence.png").is_file()
 
 
+@pytest.mark.slow
 def test_a_failing_job_does_not_stop_the_sweep(tmp_path: Path, tiny) -> None:
     write_batches_dir(tmp_path / "data", tiny)
     # depth 17 is no VGG: that job fails when its network is built, the other one trains
@@ -143,6 +147,7 @@ def test_every_sweep_is_a_multirun_over_seeds(sweep_name: str) -> None:
             assert job in EXPERIMENTS
 
 
+@pytest.mark.slow
 def test_a_sweep_preset_runs_as_a_sweep_without_dash_m(tmp_path: Path, tiny) -> None:
     write_batches_dir(tmp_path / "data", tiny)
     result = run_cli(
@@ -161,6 +166,7 @@ def test_a_sweep_preset_runs_as_a_sweep_without_dash_m(tmp_path: Path, tiny) -> 
     assert not (tmp_path / "outputs").exists()  # not silently a single run
 
 
+@pytest.mark.slow
 def test_a_sweep_into_an_existing_sweep_dir_is_refused(sweep) -> None:
     cwd, sweep_dir = sweep
     before = snapshot(sweep_dir)

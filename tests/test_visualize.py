@@ -120,6 +120,7 @@ def test_attention_rollout_by_hand() -> None:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("model", "tags"),
     [
@@ -153,6 +154,7 @@ def test_training_callback_logs_images_to_tensorboard(
     assert summary["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_visualize_command(compose_train, tmp_path: Path, data_root: Path) -> None:
     base = OmegaConf.create(
         {
