@@ -171,6 +171,33 @@ def read_weights(path: str | Path, *, trust: bool = False) -> dict[str, torch.Te
     return loaded
 
 
+def compare_weights(
+    own: dict[str, torch.Tensor], weights: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], list[str], list[str], list[str]]:
+    """(the weights that fit, missing names, unexpected names, names with other shapes)."""
+    fits = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    missing = sorted(k for k in own if k not in fits)
+    unexpected = sorted(k for k in weights if k not in own)
+    mismatched = sorted(k for k in weights if k in own and own[k].shape != weights[k].shape)
+    return fits, missing, unexpected, mismatched
+
+
+def check_checkpoint_fits(
+    net: torch.nn.Module, checkpoint: dict[str, Any], path: str | Path
+) -> None:
+    """`ckpt_path=` continues a fit: its weights must be this very network's."""
+    weights = {
+        k[len("net.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")
+    }
+    _, missing, unexpected, mismatched = compare_weights(net.state_dict(), weights)
+    if missing or unexpected or mismatched:
+        raise UserError(
+            f"{path} holds the weights of another network (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}, other shapes {mismatched[:3]}); pass ckpt_path=<a checkpoint of "
+            "this model>, or init_from=<it> with init_from_strict=false to start from what fits."
+        )
+
+
 def load_net_weights(
     net: torch.nn.Module, path: str | Path, *, strict: bool = True, trust: bool = False
 ) -> dict[str, Any]:
@@ -182,10 +209,7 @@ def load_net_weights(
     """
     weights = read_weights(path, trust=trust)
     own = net.state_dict()
-    fits = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
-    missing = sorted(k for k in own if k not in fits)
-    unexpected = sorted(k for k in weights if k not in own)
-    mismatched = sorted(k for k in weights if k in own and own[k].shape != weights[k].shape)
+    fits, missing, unexpected, mismatched = compare_weights(own, weights)
     params = {k for k, _ in net.named_parameters()}
     loaded_share = sum(own[k].numel() for k in fits if k in params) / max(
         1, sum(p.numel() for p in net.parameters())

@@ -15,7 +15,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from cvexp.callbacks import InterruptCheckpoint, RunSummary
-from cvexp.checkpoint import load_net_weights, read_checkpoint
+from cvexp.checkpoint import check_checkpoint_fits, load_net_weights, read_checkpoint
 from cvexp.classifier import build_classifier
 from cvexp.runtime.ddp import ddp_relaunch_in_place
 from cvexp.runtime.errors import UserError, exit_on_user_error
@@ -56,8 +56,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             )
         trainer = build_trainer(cfg, [summary, InterruptCheckpoint()])
         datamodule.per_device_batch_size(trainer.world_size)  # fail before any process starts
-        if cfg.get("ckpt_path"):  # refuse an unsafe, unreadable or finished file before starting
-            check_train_on(read_checkpoint(cfg.ckpt_path, trust=trust), trainer.max_epochs)
+        if cfg.get("ckpt_path"):  # refuse an unsafe, foreign or finished checkpoint before starting
+            checkpoint = read_checkpoint(cfg.ckpt_path, trust=trust)
+            check_checkpoint_fits(classifier.net, checkpoint, cfg.ckpt_path)
+            check_train_on(checkpoint, trainer.max_epochs)
 
         with ddp_relaunch_in_place(trainer):
             trainer.fit(

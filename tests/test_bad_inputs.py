@@ -264,6 +264,11 @@ CASES = {
         lambda ws: [f"resume={ws.run_dir}", "model=vit"],
         ("model=vit cannot change", "init_from="),
     ),
+    "train-on-from-another-network": Case(
+        "cvexp-train",
+        lambda ws: [*CLI_TINY, "model.net.head_width=32", f"ckpt_path={ws.best}"],
+        ("holds the weights of another network", "init_from="),
+    ),
     "visualize-top-k-zero": Case(
         "cvexp-visualize", lambda ws: [f"ckpt_path={ws.best}", "top_k=0"], ("top_k=0",)
     ),

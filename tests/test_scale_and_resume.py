@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -307,3 +308,22 @@ def test_init_from_starts_a_new_run_from_weights_only(tmp_path: Path, tiny) -> N
     # another architecture altogether: refused
     vit = run_cli("cvexp-train", *CLI_TINY, "model=vit", f"init_from={best}", cwd=tmp_path)
     assert vit.returncode == 2 and "do not fit this network" in vit.stderr
+
+
+@pytest.mark.slow
+def test_a_copied_run_resumes_against_its_own_files(tmp_path: Path, tiny) -> None:
+    write_batches_dir(tmp_path / "data", tiny)
+    first = run_cli("cvexp-train", *CLI_TINY, "hydra.run.dir=original", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    shutil.copytree(tmp_path / "original", tmp_path / "copy")
+    before = {p: p.read_bytes() for p in (tmp_path / "original").rglob("*") if p.is_file()}
+    on = run_cli("cvexp-train", "resume=copy", "trainer.max_epochs=2", cwd=tmp_path)
+    assert on.returncode == 0, on.stdout + on.stderr
+    summary = json.loads((tmp_path / "copy" / "summary.json").read_text())
+    copy = (tmp_path / "copy").resolve()
+    for key in ("best_model_path", "last_model_path", "tested_checkpoint"):
+        assert Path(summary[key]).is_relative_to(copy), (key, summary[key])
+    assert summary["epochs_run"] == 2
+    after = {p: p.read_bytes() for p in (tmp_path / "original").rglob("*") if p.is_file()}
+    assert after == before  # the original run is untouched
+    assert not list((tmp_path / "copy" / "checkpoints").glob("*-v1.ckpt"))

@@ -3,6 +3,7 @@
 from cvexp.callbacks.finite_loss import FiniteLossGuard
 from cvexp.callbacks.interrupt_checkpoint import InterruptCheckpoint
 from cvexp.callbacks.learning_rate import LearningRateLogger
+from cvexp.callbacks.relocatable_checkpoint import RelocatableCheckpoint
 from cvexp.callbacks.run_summary import RunSummary
 from cvexp.callbacks.visualization import VisualizationLogger
 
@@ -10,6 +11,7 @@ __all__ = [
     "FiniteLossGuard",
     "InterruptCheckpoint",
     "LearningRateLogger",
+    "RelocatableCheckpoint",
     "RunSummary",
     "VisualizationLogger",
 ]

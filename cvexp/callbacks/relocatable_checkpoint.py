@@ -1,0 +1,40 @@
+"""RelocatableCheckpoint: checkpointing whose saved paths follow a run directory that moved."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+PATH_KEYS = ("dirpath", "best_model_path", "kth_best_model_path", "last_model_path")
+
+
+def relocated(state: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    """`state` with every path under the folder `old` moved under `new`."""
+
+    def move(path: Any) -> Any:
+        if not isinstance(path, str) or not path:
+            return path
+        try:
+            return str(Path(new) / Path(path).relative_to(old))
+        except ValueError:  # a path outside the old folder stays as it is
+            return path
+
+    moved = {k: move(v) if k in PATH_KEYS else v for k, v in state.items()}
+    if isinstance(state.get("best_k_models"), dict):
+        moved["best_k_models"] = {move(k): v for k, v in state["best_k_models"].items()}
+    return moved
+
+
+class RelocatableCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, but a run directory that was copied or moved resumes against
+    its own files: the state saved in a checkpoint (the best and last paths, the top-k) is moved
+    from the folder it was written in to this run's `dirpath` before it is loaded. (Lightning
+    alone would keep pointing at the old location, and test the original run's checkpoint.)"""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old = state_dict.get("dirpath")
+        if old and self.dirpath and Path(old) != Path(self.dirpath):
+            state_dict = relocated(state_dict, str(old), str(self.dirpath))
+        super().load_state_dict(state_dict)
