@@ -38,7 +38,7 @@ from cvexp.data.formats import find_source
 from cvexp.runtime.errors import UserError
 from cvexp.viz.tables import markdown_table
 
-# The goals of the speed issue, for this machine's CPU; `ratio` is always ours / baseline.
+# The speed goals, for a 2-core CPU machine; `ratio` is always ours / baseline.
 GOALS = {
     "framework_overhead": ("ratio", ">=", 0.99),
     "framework_overhead_small": ("ratio", ">=", 0.97),

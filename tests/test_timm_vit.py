@@ -116,6 +116,23 @@ def test_layer_decay_scales_the_learning_rate_per_layer() -> None:
     assert any("weight_decay" not in g for g in groups)  # the optimiser's own decay for the rest
 
 
+@pytest.mark.parametrize("layer_decay", [None, 0.75])
+def test_position_embeddings_and_class_token_get_no_weight_decay(layer_decay) -> None:
+    """What the wrapper's docstring promises, as timm's `no_weight_decay()` names them."""
+    net = TimmClassifier(name=NAME, pretrained=False, img_size=32, layer_decay=layer_decay)
+    assert {"pos_embed", "cls_token"} <= set(net.model.no_weight_decay())
+    decay_of = {
+        id(p): g.get("weight_decay", "optimiser default")
+        for g in ImageClassifier(net).parameter_groups()
+        for p in g["params"]
+    }
+    assert decay_of[id(net.model.pos_embed)] == 0.0
+    assert decay_of[id(net.model.cls_token)] == 0.0
+    assert decay_of[id(net.model.blocks[0].attn.qkv.bias)] == 0.0
+    assert decay_of[id(net.model.blocks[0].attn.qkv.weight)] == "optimiser default"
+    assert len(decay_of) == sum(1 for p in net.parameters() if p.requires_grad)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
