@@ -119,8 +119,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         try:
             super().save_checkpoint(checkpoint, partial, storage_options)
             os.replace(partial, path)
-        except OSError as err:  # disk full, quota, file size limit, read-only folder
-            reason = os.strerror(err.errno) if err.errno else str(err)
+        except (OSError, RuntimeError) as err:  # disk full, quota, file size limit, read-only
+            cause = _os_error_in(err)  # torch's zip writer may raise RuntimeError over it
+            if cause is None:
+                raise
+            reason = os.strerror(cause.errno) if cause.errno else str(cause)
             raise UserError(
                 f"Could not write the checkpoint {path} ({reason}); the checkpoints already "
                 "there are unchanged. Free disk space (or write runs elsewhere with "
@@ -129,6 +132,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         finally:
             if partial.exists():
                 partial.unlink()
+
+
+def _os_error_in(error: BaseException | None) -> OSError | None:
+    """The OSError an exception is, or was raised while handling, if any."""
+    while error is not None and not isinstance(error, OSError):
+        error = error.__context__
+    return error
 
 
 def read_weights(path: str | Path, *, trust: bool = False) -> dict[str, torch.Tensor]:
