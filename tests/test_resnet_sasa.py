@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch import nn
 
+from cvexp.models import resnet_sasa
 from cvexp.models.resnet_sasa import LocalSelfAttention2d, ResNet
 from cvexp.train import train
 
@@ -48,6 +50,80 @@ def test_layer_matches_the_paper_sum_at_corners_edges_and_inside(pixel: tuple[in
         out = layer(x)
         expected = reference_pixel(layer, x, *pixel)
     torch.testing.assert_close(out[0, :, pixel[0], pixel[1]], expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("pixel", [(0, 0), (0, 5), (3, 2), (6, 5)])
+def test_dense_path_matches_the_paper_sum(pixel: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    layer = LocalSelfAttention2d(6, 8, kernel_size=5, num_heads=2)
+    x = torch.randn(2, 6, 7, 6)
+    assert layer.uses_dense_path(7, 6)  # 42 pixels <= 2 x 5^2
+    with torch.no_grad():
+        out = layer(x)
+        expected = reference_pixel(layer, x, *pixel)
+    torch.testing.assert_close(out[0, :, pixel[0], pixel[1]], expected, rtol=1e-5, atol=1e-5)
+
+
+def straightforward(layer: LocalSelfAttention2d, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(out, attention) as the layer first computed them, by autograd: q . k over k*k shifted
+    views of the zero-padded keys, masked at the border, and the weighted sum of as many views
+    of the values."""
+    b, _, h, w = x.shape
+    k, p = layer.kernel_size, layer.kernel_size // 2
+    heads, d = layer.num_heads, layer.head_dim
+    q, key, value = layer.qkv(x).chunk(3, dim=1)
+    q = q.reshape(b, heads, d, h, w)
+    key = F.pad(key, (p, p, p, p)).reshape(b, heads, d, h + 2 * p, w + 2 * p)
+    value = F.pad(value, (p, p, p, p)).reshape(b, heads, d, h + 2 * p, w + 2 * p)
+    windows = [(dy, dx) for dy in range(k) for dx in range(k)]  # offset index dy*k + dx
+    logits = torch.einsum("bhdyx,hdo->bhoyx", q, layer.relative_embeddings())
+    content = torch.stack(
+        [(q * key[..., dy : dy + h, dx : dx + w]).sum(2) for dy, dx in windows], dim=2
+    )
+    valid = layer.valid_neighbours(h, w, x.device)
+    attention = (logits + content).masked_fill(~valid, float("-inf")).softmax(dim=2)
+    out = sum(
+        attention[:, :, o : o + 1] * value[..., dy : dy + h, dx : dx + w]
+        for o, (dy, dx) in enumerate(windows)
+    )
+    return layer.pool(out.reshape(b, layer.out_channels, h, w)), attention
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel_size", "stride", "chunk_elements", "dense"),
+    [
+        ((9, 7), 5, 1, 1 << 19, False),  # flat maps, all images in one chunk
+        ((12, 20), 7, 2, 1, False),  # flat maps, one image per chunk; wider than tall
+        ((7, 7), 5, 1, 1 << 19, True),  # small enough for dense attention
+        ((3, 5), 3, 2, 1, True),
+    ],
+)
+def test_fast_paths_equal_the_straightforward_offset_loop_with_gradients(
+    monkeypatch: pytest.MonkeyPatch,
+    size: tuple[int, int],
+    kernel_size: int,
+    stride: int,
+    chunk_elements: int,
+    dense: bool,
+) -> None:
+    monkeypatch.setattr(resnet_sasa, "CHUNK_ELEMENTS", chunk_elements)
+    torch.manual_seed(0)
+    layer = LocalSelfAttention2d(5, 8, kernel_size=kernel_size, num_heads=2, stride=stride)
+    layer = layer.double()
+    with torch.no_grad():
+        layer.qkv.weight.mul_(3)  # peaked weights: the softmax is far from uniform
+    assert layer.uses_dense_path(*size) == dense
+    x = torch.randn(3, 5, *size, dtype=torch.float64, requires_grad=True)
+    inputs = [x, *layer.parameters()]
+    results = []
+    for compute in (lambda: layer(x, return_attention=True), lambda: straightforward(layer, x)):
+        out, attention = compute()
+        assert attention.shape == (3, 2, kernel_size**2, *size)
+        torch.manual_seed(1)  # the same loss for both: through the output and the weights
+        loss = (out * torch.randn_like(out)).sum() + (attention * torch.randn_like(attention)).sum()
+        results.append((out, attention, *torch.autograd.grad(loss, inputs)))
+    for fast, expected in zip(*results, strict=True):
+        torch.testing.assert_close(fast, expected, rtol=1e-10, atol=1e-10)
 
 
 def test_padding_is_masked_not_attended_as_zeros() -> None:

@@ -41,7 +41,9 @@ def ddp_relaunch_in_place(trainer: L.Trainer) -> Iterator[None]:
     with read_write(hydra_cfg.run):
         hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
     if hydra_cfg.mode == RunMode.MULTIRUN:
-        sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
+        own = ("hydra.sweep.", "hydra.mode=", "hydra.run.dir=")  # the job's, not the sweep's
+        kept = [o for o in hydra_cfg.overrides.hydra if not o.startswith(own)]  # e.g. a search path
+        sys.argv = [sys.argv[0], *kept, *hydra_cfg.overrides.task]
     try:
         yield
     finally:

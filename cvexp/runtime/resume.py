@@ -67,6 +67,7 @@ def resume_argv(argv: list[str]) -> list[str]:
         *kept,
         *new,
         f"hydra.run.dir={quoted(run_dir)}",
+        "hydra.mode=RUN",  # a job of a sweep continues as the one run it is
         f"ckpt_path={quoted(last)}",
     ]
 
@@ -78,7 +79,8 @@ def recorded_hydra_overrides(run_dir: Path) -> list[str]:
         return []
     hydra_cfg = (yaml.safe_load(record.read_text()) or {}).get("hydra", {})
     overrides = (hydra_cfg.get("overrides") or {}).get("hydra") or []
-    return [o for o in overrides if not o.startswith(("hydra.run.dir=", "hydra.mode="))]
+    own = ("hydra.run.dir=", "hydra.mode=", "hydra.sweep.dir=", "hydra.sweep.subdir=")
+    return [o for o in overrides if not o.startswith(own)]
 
 
 # overrides that would make a resumed run a different run: another network or another split
