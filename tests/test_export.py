@@ -155,7 +155,7 @@ def test_export_bad_options(checkpoints, compose_export) -> None:
     ]:
         with pytest.raises(UserError, match=fragment):
             export(compose_export(*overrides))
-    with pytest.raises(UserError, match=r"pip install 'cvexp\[export\]'"):
+    with pytest.raises(UserError, match=r'pip install -e "\.\[export\]"'):
         require("no_such_module_for_cvexp", "ONNX export")
 
 

@@ -149,12 +149,13 @@ def test_bad_shapes_are_clear_errors(kwargs: dict, message: str) -> None:
 
 def test_vit_fast_dev_run_through_the_real_configs(compose_train) -> None:
     cfg = compose_train(
+        "experiment=vit_cifar",
         "model=vit",
         "model.net.embed_dim=32",
         "model.net.depth=2",
         "trainer.fast_dev_run=true",
     )
-    # the ViT recipe reaches the data, trainer and callbacks groups
+    # the ViT recipe (an experiment) reaches the data, trainer and callbacks groups
     assert cfg.data.randaugment_ops == 2
     assert cfg.trainer.gradient_clip_val == 1.0
     assert cfg.callbacks.early_stopping.patience == 40

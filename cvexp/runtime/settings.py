@@ -51,4 +51,4 @@ def check_settings(cfg: DictConfig) -> None:
         )
     top_k = _get(cfg, "top_k")
     if isinstance(top_k, int) and top_k < 1:
-        raise UserError(f"top_k={top_k} shows nothing; pass top_k=1 or more.")
+        raise UserError(f"top_k={top_k} is not valid: it would show nothing; pass top_k=1 or more.")
