@@ -191,11 +191,15 @@ def compose_train(tmp_path: Path, data_root: Path) -> Callable[..., DictConfig]:
     register_resolvers()
 
     def _compose(
-        *overrides: str, run_dir: Path | None = None, config_name: str = "train"
+        *overrides: str,
+        run_dir: Path | None = None,
+        config_name: str = "train",
+        tiny_model: bool = True,
     ) -> DictConfig:
+        fast = FAST if tiny_model else [o for o in FAST if o not in TINY_MODEL]
         return compose_config(
             config_name,
-            [*FAST, f"data.root={data_root}", *overrides],
+            [*fast, f"data.root={data_root}", *overrides],
             run_dir or tmp_path / "run",
         )
 
