@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from collections.abc import Iterator
@@ -28,8 +29,11 @@ def ddp_relaunch_in_place(trainer: L.Trainer) -> Iterator[None]:
     in the wrong place: for the length of the job we replace it by this job's own overrides
     (a single run) and point run.dir at the job's directory. We chose this over a spawn-based
     strategy because it keeps Lightning's default, fastest DDP path, and over torchrun because
-    it needs no outside launcher. Afterwards the DDP environment is cleared, so that the
-    sweep's next job launches its own ranks instead of believing it is one.
+    it needs no outside launcher. A sweep job that a launcher plugin runs in a process of its
+    own (submitit's `python -m submitit.core._submit FOLDER`) starts its ranks as
+    `python -m cvexp.train` too, never as that launcher's command. Afterwards the DDP
+    environment is cleared, so that the sweep's next job launches its own ranks instead of
+    believing it is one.
     """
     launches = isinstance(getattr(trainer.strategy, "launcher", None), _SubprocessScriptLauncher)
     parent = launches and "LOCAL_RANK" not in os.environ and HydraConfig.initialized()
@@ -40,14 +44,27 @@ def ddp_relaunch_in_place(trainer: L.Trainer) -> Iterator[None]:
     saved_argv = sys.argv[:]
     with read_write(hydra_cfg.run):
         hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+    import __main__
+
+    saved_spec = getattr(__main__, "__spec__", None)
     if hydra_cfg.mode == RunMode.MULTIRUN:
-        own = ("hydra.sweep.", "hydra.mode=", "hydra.run.dir=")  # the job's, not the sweep's
+        own = (
+            "hydra.sweep.",
+            "hydra.mode=",
+            "hydra.run.dir=",
+            "hydra/launcher=",
+            "hydra.launcher.",
+        )
         kept = [o for o in hydra_cfg.overrides.hydra if not o.startswith(own)]  # e.g. a search path
         sys.argv = [sys.argv[0], *kept, *hydra_cfg.overrides.task]
+        if saved_spec is not None and saved_spec.name != "cvexp.train":
+            # Lightning starts `python -m <__main__'s module>`: make that module cvexp.train
+            __main__.__spec__ = importlib.util.find_spec("cvexp.train")
     try:
         yield
     finally:
         sys.argv = saved_argv
+        __main__.__spec__ = saved_spec
         for name in DDP_ENV:
             os.environ.pop(name, None)
         if torch.distributed.is_available() and torch.distributed.is_initialized():

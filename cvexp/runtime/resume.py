@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from cvexp.runtime.errors import UserError
+from cvexp.runtime.outside_launch import outside_launch
 from cvexp.runtime.run_dir import RESUME_ENV, quoted
 
 
@@ -56,10 +57,12 @@ def resume_argv(argv: list[str]) -> list[str]:
     refuse_run_changing_overrides([a for a in new if a not in original and "=" in a])
     new_keys = {_key(a) for a in new}
     kept = [o for o in original if _key(o) not in new_keys | {"ckpt_path", "resume"}]
-    history = run_dir / ".hydra" / "history" / time.strftime("%Y-%m-%d_%H-%M-%S")
-    history.mkdir(parents=True, exist_ok=True)
-    for file in (run_dir / ".hydra").glob("*.yaml"):
-        shutil.copy2(file, history / file.name)
+    launch = outside_launch()
+    if launch is None or launch.rank == 0:  # the other ranks of a requeued job keep no record
+        history = run_dir / ".hydra" / "history" / time.strftime("%Y-%m-%d_%H-%M-%S")
+        history.mkdir(parents=True, exist_ok=True)
+        for file in (run_dir / ".hydra").glob("*.yaml"):
+            shutil.copy2(file, history / file.name)
     os.environ[RESUME_ENV] = str(run_dir)  # DDP ranks re-run this command line: not twice
     return [
         argv[0],

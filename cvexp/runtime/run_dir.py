@@ -18,6 +18,10 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
 
+from cvexp.runtime.errors import UserError
+from cvexp.runtime.outside_launch import outside_launch
+from cvexp.runtime.shared_run_dir import agree_on_run_dir
+
 # set by `cvexp-train resume=RUN_DIR`: the one existing run directory this process may write into
 RESUME_ENV = "CVEXP_RESUME_DIR"
 # set for the jobs of a sweep: the override keys that vary between them (see job_dirname)
@@ -66,7 +70,6 @@ def refuse(message: str) -> None:
 
 def settings_or_refuse(config: DictConfig) -> None:
     """Check the run's settings before anything is created (see runtime/settings.py)."""
-    from cvexp.runtime.errors import UserError
     from cvexp.runtime.settings import check_settings
 
     try:
@@ -80,10 +83,21 @@ class RunDirectory(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         settings_or_refuse(config)
-        if any(name in os.environ for name in RANK_ENV):
+        given = explicitly_given(config, "hydra.run.dir")
+        a_rank = any(name in os.environ for name in RANK_ENV)
+        if given and a_rank:
             return  # a rank of a multi-process launch: use the directory it was given
         run_dir = Path(str(config.hydra.run.dir))
-        if not explicitly_given(config, "hydra.run.dir"):
+        launch = outside_launch()
+        if not given and launch is not None:  # torchrun or SLURM: every rank agrees on one
+            try:
+                agree_on_run_dir(config, launch, claim=claim_fresh_dir)
+            except UserError as error:
+                refuse(str(error))
+            return
+        if a_rank:
+            return  # a rank of another launcher: the directory as composed
+        if not given:
             claimed = claim_fresh_dir(run_dir)
             with read_write(config.hydra.run), open_dict(config.hydra.run):
                 config.hydra.run.dir = str(claimed)
