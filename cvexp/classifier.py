@@ -74,10 +74,11 @@ class ImageClassifier(L.LightningModule):
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
     ) -> torch.Tensor:
-        x, y = batch
+        x, y = batch  # y: (B,) classes, or (B, num_classes) soft targets from Mixup/CutMix
         logits = self(x)
-        loss = self.criterion(logits, y)
-        self.train_acc.update(logits, y)  # update only: computed and logged once per epoch
+        loss = self.criterion(logits, y)  # cross-entropy takes class indices or soft targets
+        # update only: computed and logged once per epoch; a mixed image counts as its dominant class
+        self.train_acc.update(logits, dominant_label(y))
         self.train_loss.update(loss.detach(), weight=len(y))
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
@@ -187,6 +188,11 @@ class ImageClassifier(L.LightningModule):
             and len(states["cuda"]) == torch.cuda.device_count()
         ):
             torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def dominant_label(targets: torch.Tensor) -> torch.Tensor:
+    """The class each target mostly is: (B,) classes as they are, (B, K) soft targets by argmax."""
+    return targets.argmax(dim=1) if targets.ndim == 2 else targets
 
 
 def _accepts(factory: Callable[..., Any], name: str) -> bool:

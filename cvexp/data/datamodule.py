@@ -14,9 +14,10 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cvexp.data.augment import augment_batch, to_float_chw
+from cvexp.data.augment import AUTO_AUGMENT_POLICIES, augment_batch, to_float_chw
 from cvexp.data.download import OFFICIAL_URL, download_official
 from cvexp.data.formats import CLASSES, Cifar10Tensors, Source, find_source, read_source
+from cvexp.data.mixing import BatchMixer
 from cvexp.runtime.errors import UserError
 
 OFFICIAL_TRAIN_SIZE = 50_000
@@ -122,8 +123,10 @@ class CIFAR10DataModule(L.LightningDataModule):
     """CIFAR-10 from any supported format, as uint8 tensors, with a seeded stratified val split.
 
     `batch_size` is the global batch: under DDP each rank gets `batch_size // world_size`.
-    Training batches are augmented (random crop with padding, horizontal flip) on the device,
-    in `on_after_batch_transfer`; validation and test batches are not.
+    Training batches are augmented (random crop with padding, horizontal flip, and the
+    regularisers that are switched on) on the device, in `on_after_batch_transfer`;
+    validation and test batches are not. With Mixup or CutMix the training labels become soft
+    targets (B, 10) that sum to 1.
 
     `on_device=True` copies the uint8 dataset (180 MB) to the accelerator once, so batches
     are gathered there: no host-to-device copies, no worker processes. On the CPU it
@@ -146,6 +149,11 @@ class CIFAR10DataModule(L.LightningDataModule):
         hflip: bool = True,
         randaugment_ops: int = 0,
         randaugment_magnitude: int = 9,
+        auto_augment: str | None = None,
+        cutout: int = 0,
+        random_erasing: float = 0.0,
+        mixup_alpha: float | None = None,
+        cutmix_alpha: float | None = None,
         cache: bool = True,
         download_url: str = OFFICIAL_URL,
     ) -> None:
@@ -159,6 +167,14 @@ class CIFAR10DataModule(L.LightningDataModule):
         _require_int("data.randaugment_ops", randaugment_ops, low=0)
         _require_int("data.randaugment_magnitude", randaugment_magnitude, low=0, high=30)
         _require_int("seed", seed)
+        _check_regularisers(
+            randaugment_ops=randaugment_ops,
+            auto_augment=auto_augment,
+            cutout=cutout,
+            random_erasing=random_erasing,
+            mixup_alpha=mixup_alpha,
+            cutmix_alpha=cutmix_alpha,
+        )
         if on_device and num_workers > 0:
             raise UserError(
                 f"data.on_device=true gathers batches on the accelerator itself, so worker "
@@ -172,6 +188,13 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.classes = CLASSES
         self.num_classes = len(CLASSES)
         self._device_copies: dict[int, torch.Tensor] = {}  # id(host tensor) -> device copy
+        self.mixer = (
+            BatchMixer(
+                num_classes=self.num_classes, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha
+            )
+            if mixup_alpha is not None or cutmix_alpha is not None
+            else None
+        )
 
     # ---------------------------------------------------------------- preparing and caching
 
@@ -344,12 +367,23 @@ class CIFAR10DataModule(L.LightningDataModule):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 (B, H, W, C) -> float (B, C, H, W) in [0, 1], augmented only while training."""
         images, labels = batch
-        training = self.trainer is not None and self.trainer.training
-        return self.to_model_input(images, train=training), labels
+        if self.trainer is not None and self.trainer.training:
+            return self.training_batch(images, labels)
+        return to_float_chw(images), labels
+
+    def training_batch(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A uint8 (B, H, W, C) batch and its (B,) labels as training sees them: augmented float
+        images (B, C, H, W), and labels (B,) or, with Mixup/CutMix, soft targets (B, 10)."""
+        images = self.to_model_input(images, train=True)
+        if self.mixer is None:
+            return images, labels
+        return self.mixer(images, labels)
 
     def to_model_input(self, images: torch.Tensor, *, train: bool) -> torch.Tensor:
         """A uint8 (B, H, W, C) batch as the net receives it: (B, C, H, W) float in [0, 1],
-        with the training augmentation when `train`."""
+        with the training augmentation (all but Mixup/CutMix, which need the labels) when `train`."""
         if not train:
             return to_float_chw(images)
         return augment_batch(
@@ -358,7 +392,50 @@ class CIFAR10DataModule(L.LightningDataModule):
             hflip=self.hparams.hflip,
             randaugment_ops=self.hparams.randaugment_ops,
             randaugment_magnitude=self.hparams.randaugment_magnitude,
+            auto_augment_policy=self.hparams.auto_augment,
+            cutout_size=self.hparams.cutout,
+            random_erasing_probability=self.hparams.random_erasing,
         )
+
+
+def _check_regularisers(
+    *,
+    randaugment_ops: int,
+    auto_augment: str | None,
+    cutout: int,
+    random_erasing: float,
+    mixup_alpha: float | None,
+    cutmix_alpha: float | None,
+) -> None:
+    """Raise a UserError naming the key and the fix for a regulariser setting that cannot work."""
+    if auto_augment is not None and auto_augment not in AUTO_AUGMENT_POLICIES:
+        raise UserError(
+            f"data.auto_augment={auto_augment} is not a policy; pass autoaugment (the CIFAR-10 "
+            "policy), trivialaugment (TrivialAugmentWide) or null for none."
+        )
+    if auto_augment is not None and randaugment_ops > 0:
+        raise UserError(
+            f"data.auto_augment={auto_augment} and data.randaugment_ops={randaugment_ops} are two "
+            "policies for the same place; keep one (data.randaugment_ops=0 or data.auto_augment=null)."
+        )
+    _require_int("data.cutout", cutout, low=0, high=32)
+    _require_number("data.random_erasing", random_erasing, low=0.0, high=1.0)
+    for key, alpha in (("data.mixup_alpha", mixup_alpha), ("data.cutmix_alpha", cutmix_alpha)):
+        if alpha is None:
+            continue
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+            raise UserError(
+                f"{key}={alpha} is not a Beta distribution's alpha; pass a positive number "
+                f"(e.g. {key}=1.0), or {key}=null to switch it off."
+            )
+
+
+def _require_number(key: str, value: Any, *, low: float, high: float) -> None:
+    """Raise a UserError naming `key` unless `value` is a number within [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{key} must be a number, got {value!r}; pass e.g. {key}={high}.")
+    if not low <= value <= high:
+        raise UserError(f"{key}={value} is out of range; it must be between {low} and {high}.")
 
 
 def _require_int(key: str, value: Any, *, low: int | None = None, high: int | None = None) -> None:
