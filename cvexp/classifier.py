@@ -58,7 +58,11 @@ class ImageClassifier(L.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        # no NaN check per update: it reads the value back (a GPU sync per step); the
+        # FiniteLossGuard callback checks training losses, and a NaN val loss shows as NaN
+        self.train_loss, self.val_loss, self.test_loss = (
+            MeanMetric(nan_strategy="disable") for _ in range(3)
+        )
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # a resumed run keeps its best so far
@@ -80,7 +84,8 @@ class ImageClassifier(L.LightningModule):
         # update only: computed and logged once per epoch; a mixed image counts as its dominant class
         self.train_acc.update(logits, dominant_label(y))
         self.train_loss.update(loss.detach(), weight=len(y))
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        # logger only: a step value in the progress bar is read back every step (a GPU sync)
+        self.log("train/loss", loss, on_step=True, on_epoch=False)
         return loss
 
     def on_train_epoch_end(self) -> None:

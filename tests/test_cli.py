@@ -81,6 +81,9 @@ def test_help_names_the_command_and_leaves_the_working_directory_as_it_was(
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"{name}: ")
     assert "powered by Hydra" not in result.stdout
+    assert "== Main keys" in result.stdout and "(default: " in result.stdout
+    assert "(no comment in conf/)" not in result.stdout
+    assert result.stdout.count(f"\n  {name} ") >= 2  # examples
     assert run_cli(command, "--cfg", "job", cwd=tmp_path).returncode == 0
     assert list(tmp_path.iterdir()) == []
 

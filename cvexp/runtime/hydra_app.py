@@ -46,12 +46,14 @@ def checkpoint_name(ckpt_path: str | None) -> str:
 
 def register_resolvers() -> None:
     """Register cvexp's OmegaConf resolvers (idempotent; none has side effects)."""
+    from cvexp.runtime.key_help import resolve_key_help
     from cvexp.runtime.run_dir import job_dirname
 
     OmegaConf.register_new_resolver("path_safe", path_safe, replace=True)
     OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
     OmegaConf.register_new_resolver("data_root", default_data_root, replace=True)
     OmegaConf.register_new_resolver("checkpoint_name", checkpoint_name, replace=True)
+    OmegaConf.register_new_resolver("key_help", resolve_key_help, replace=True)
 
 
 def log_lightning_to_run_file() -> None:
