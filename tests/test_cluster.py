@@ -17,6 +17,7 @@ import torch
 
 from cvexp.checkpoint import load_classifier
 from cvexp.data import CIFAR10DataModule
+from cvexp.runtime.outside_launch import outside_launch, slurm_job_id
 from tests.conftest import BIN, CLI_TINY, TINY_MODEL, run_cli, write_batches_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -248,3 +249,22 @@ def test_preemption_signal_then_slurm_requeue_continues_the_run(tmp_path: Path, 
     assert f"ckpt_path='{run_dir / 'checkpoints' / 'last.ckpt'}'" in summary["overrides"]
     assert list((run_dir / ".hydra" / "history").glob("*/overrides.yaml"))
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]  # only once
+
+
+def test_the_launch_is_read_from_the_environment(monkeypatch) -> None:
+    for name in [n for n in os.environ if n.startswith(("SLURM_", "TORCHELASTIC_"))]:
+        monkeypatch.delenv(name)
+    assert outside_launch() is None
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "70")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    monkeypatch.setenv("SLURM_PROCID", "2")
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    launch = outside_launch()
+    # an array task is requeued by its array name, as Lightning does
+    assert (launch.launcher, launch.rank, launch.world_size) == ("slurm", 2, 4)
+    assert launch.slurm_job == slurm_job_id() == "70_3" and launch.slurm_step == "batch"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "r")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert outside_launch().launcher == "torchrun" and outside_launch().rank == 1
