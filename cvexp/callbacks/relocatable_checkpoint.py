@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 PATH_KEYS = ("dirpath", "best_model_path", "kth_best_model_path", "last_model_path")
@@ -28,10 +29,32 @@ def relocated(state: dict[str, Any], old: str, new: str) -> dict[str, Any]:
 
 
 class RelocatableCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint, but a run directory that was copied or moved resumes against
-    its own files: the state saved in a checkpoint (the best and last paths, the top-k) is moved
-    from the folder it was written in to this run's `dirpath` before it is loaded. (Lightning
-    alone would keep pointing at the old location, and test the original run's checkpoint.)"""
+    """Lightning's ModelCheckpoint, with two differences.
+
+    A run directory that was copied or moved resumes against its own files: the state saved
+    in a checkpoint (the best and last paths, the top-k) is moved from the folder it was
+    written in to this run's `dirpath` before it is loaded. (Lightning alone would keep
+    pointing at the old location, and test the original run's checkpoint.)
+
+    `last.ckpt` is written at the end of every epoch. Lightning 2.6 writes it only in an
+    epoch that also saved a top-k checkpoint, so after an epoch that did not improve, a
+    killed run would resume from its last best epoch and train the epochs after it again.
+    """
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_not_saved(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_not_saved(trainer)
+
+    def _save_last_if_not_saved(self, trainer: L.Trainer) -> None:
+        # skipped also when this step was saved already (by the top-k save, with last.ckpt)
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         old = state_dict.get("dirpath")
