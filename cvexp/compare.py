@@ -284,8 +284,48 @@ def _best(points: list[tuple[int, float]], metric: str) -> float:
     return min(values) if "loss" in metric else max(values)
 
 
-def results_rows(groups: list[Group], metric: str) -> list[dict[str, Any]]:
-    """One row per configuration: cost, accuracy (mean, std over seeds), epochs, early stopping, time."""
+def ranking_metric(runs: list[Run]) -> tuple[str, str]:
+    """What the runs optimised, as their summaries record it (`optimized_metric` name and mode);
+    val/acc, higher is better, when they record none or do not agree."""
+    recorded = {
+        (str(o["name"]), str(o.get("mode", "max")))
+        for run in runs
+        if isinstance(o := run.summary.get("optimized_metric"), dict) and o.get("name")
+    }
+    return recorded.pop() if len(recorded) == 1 else ("val/acc", "max")
+
+
+def run_best(run: Run, name: str, mode: str) -> float | None:
+    """A run's best value of `name`: from its summary, else from its logged curve."""
+    optimized = run.summary.get("optimized_metric")
+    recorded = isinstance(optimized, dict) and optimized.get("name") == name
+    if recorded and optimized.get("best") is not None:
+        return float(optimized["best"])
+    if name == "val/acc" and run.summary.get("best_val_acc") is not None:
+        return float(run.summary["best_val_acc"])
+    values = [v for _, v in run.curves.get(name, [])]
+    return (max(values) if mode == "max" else min(values)) if values else None
+
+
+def rank_rows(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
+    """The rows best first by `ranked_value_mean` (configurations without one last), numbered."""
+    ordered = sorted(
+        rows,
+        key=lambda row: (
+            row["ranked_value_mean"] is None,
+            -(row["ranked_value_mean"] or 0.0)
+            if mode == "max"
+            else row["ranked_value_mean"] or 0.0,
+        ),
+    )
+    return [{"rank": i + 1, **row} for i, row in enumerate(ordered)]
+
+
+def results_rows(
+    groups: list[Group], metric: str, ranking: tuple[str, str] = ("val/acc", "max")
+) -> list[dict[str, Any]]:
+    """One row per configuration: cost, accuracy (mean, std over seeds), epochs, early stopping,
+    time, and the mean best of the `ranking` metric (name, mode) that the table is ranked by."""
     rows = []
     for group in groups:
         done = group.finished()
@@ -303,6 +343,7 @@ def results_rows(groups: list[Group], metric: str) -> list[dict[str, Any]]:
         best_metric = _mean_std(
             [_best(r.curves[metric], metric) for r in done if r.curves.get(metric)]
         )
+        ranked = _mean_std([v for r in done if (v := run_best(r, *ranking)) is not None])
         rows.append(
             {
                 "configuration": group.label,
@@ -322,6 +363,8 @@ def results_rows(groups: list[Group], metric: str) -> list[dict[str, Any]]:
                 "train_seconds_mean": _mean_std(
                     [r.summary.get("train_seconds", 0.0) for r in done]
                 )[0],
+                "ranked_by": f"{ranking[0]} ({ranking[1]})",
+                "ranked_value_mean": ranked[0],
                 "runs": " ".join(str(r.path) for r in group.runs),
             }
         )
@@ -344,6 +387,7 @@ def _mean_pm_std(row: dict[str, Any], key: str) -> str:
 def results_markdown(rows: list[dict[str, Any]], metric: str) -> str:
     """The table as Markdown (accuracies as mean ± std over seeds), with a note on the cost."""
     header = [
+        "rank",
         "configuration",
         "n",
         "status",
@@ -362,6 +406,7 @@ def results_markdown(rows: list[dict[str, Any]], metric: str) -> str:
         why = f"n/a ({row['cost_note']})" if row["cost_note"] else "-"
         cells.append(
             [
+                str(row.get("rank", "-")),
                 row["configuration"],
                 str(row["n"]),
                 row["status"],
@@ -380,7 +425,13 @@ def results_markdown(rows: list[dict[str, Any]], metric: str) -> str:
         "MACs: multiply-accumulates for one 32x32 image (torch.utils.flop_counter, plus the "
         "documented count of local self-attention's q.k and weighted sum of v); FLOPs = 2 x MACs."
     )
-    return f"{markdown_table(header, cells)}\n\n{note}\n"
+    ranked = (
+        f"Ranked by the best {rows[0]['ranked_by']} (mean over seeds), the metric the runs "
+        "optimised (optimized_metric)."
+        if rows
+        else ""
+    )
+    return f"{markdown_table(header, cells)}\n\n{ranked}\n{note}\n"
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -472,7 +523,8 @@ def compare(
             f"{', '.join(sorted(tags))}."
         )
     groups = group_runs(runs)
-    rows = results_rows(groups, metric)
+    ranking = ranking_metric(runs)
+    rows = rank_rows(results_rows(groups, metric, ranking), ranking[1])
     table = results_markdown(rows, metric)
     out, note = claim_out_dir(paths, None if out_dir is None else Path(out_dir))
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,7 +28,10 @@ from cvexp.runtime.hydra_app import (
 )
 from cvexp.runtime.resume import check_train_on, restore_hydra_record, resume_argv
 from cvexp.runtime.settings import check_settings
+from cvexp.runtime.sweep_resume import continue_interrupted, earlier_result, objective
 from cvexp.runtime.trainer import build_trainer
+
+log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -38,9 +42,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     summary = RunSummary(
         cfg.paths.output_dir,
-        fields={**run_choices(), "seed": cfg.get("seed"), "run_dir": str(cfg.paths.output_dir)},
+        fields={
+            **run_choices(),
+            "seed": cfg.get("seed"),
+            "run_dir": str(cfg.paths.output_dir),
+            "tags": [str(tag) for tag in cfg.get("tags") or []],
+        },
         hparams=hparams_for_tensorboard(cfg),
         test_after_fit=bool(cfg.get("test", True)),
+        optimized=(cfg.get("optimized_metric", "val/acc"), cfg.get("optimized_mode", "max")),
     )
     log_lightning_to_run_file()
     with summary_on_failure(summary):
@@ -107,6 +117,7 @@ def hparams_for_tensorboard(cfg: DictConfig) -> dict[str, Any]:
         "batch_size": cfg.data.get("batch_size"),
         "val_size": cfg.data.get("val_size"),
         "max_epochs": cfg.trainer.get("max_epochs"),
+        "tags": ",".join(str(tag) for tag in cfg.get("tags") or []),
     }
 
 
@@ -116,12 +127,22 @@ register_resolvers()
 @hydra.main(version_base=VERSION_BASE, config_path=CONFIG_PATH, config_name="train")
 @exit_on_user_error
 def main(cfg: DictConfig) -> float:
-    """The Hydra app: train, and return the best val accuracy (NaN if none) for sweepers."""
+    """The Hydra app: train, and return the best `optimized_metric` (NaN if none) for sweepers.
+
+    With `skip_completed=true`, a sweep job that finished before returns its recorded result, and
+    one that was interrupted continues from its last.ckpt (see runtime/sweep_resume.py).
+    """
+    metric = cfg.get("optimized_metric", "val/acc")
+    earlier = earlier_result(cfg)
+    if earlier is not None:
+        log.info("skipping %s: it finished before (skip_completed=true)", cfg.paths.output_dir)
+        return objective(earlier, metric)
+    if continue_interrupted(cfg):
+        log.info("continuing the interrupted job from %s", cfg.ckpt_path)
     try:
-        best = train(cfg).get("best_val_acc")
+        return objective(train(cfg), metric)
     except SIGTERMException:
         raise SystemExit(143) from None  # 128 + SIGTERM, as schedulers expect of a terminated job
-    return float("nan") if best is None else float(best)
 
 
 def cli() -> None:

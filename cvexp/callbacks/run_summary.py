@@ -14,11 +14,11 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, Timer
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 import cvexp
-from cvexp.runtime.errors import user_error_message
+from cvexp.runtime.errors import UserError, user_error_message
 
 # time_limit: stopped by trainer.max_time before max_epochs (the best checkpoint is still tested)
 FINISHED = ("completed", "stopped_early", "time_limit")
@@ -30,6 +30,8 @@ class RunSummary(Callback):
 
     - `setup`: the net's size and the validation split;
     - `on_validation_end`: the best epoch so far of `monitor`;
+    - each epoch's end (seen at the next epoch's start and at the end of fit), and the test:
+      the best value of `optimized`, the metric a sweep optimises (any logged metric);
     - `on_fit_end`: completed or stopped early, the best and last checkpoints (from the
       `ModelCheckpoint`), epochs run and training time;
     - `on_test_end`: the test metrics and the checkpoint they came from;
@@ -39,7 +41,8 @@ class RunSummary(Callback):
     seconds trained) is saved in checkpoints, so a resumed run continues the record. A result
     once recorded is never lost: when an attempt to continue a finished run fails or is
     interrupted, summary.json keeps the earlier result and lists the attempt under `attempts`.
-    With `hparams`, TensorBoard's HPARAMS tab gets them with the final best val/acc and test/acc.
+    With `hparams`, TensorBoard's HPARAMS tab gets them with the final best val/acc and test/acc;
+    CSV (hparams.yaml), MLflow (params) and W&B (config) get them when the fit starts.
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class RunSummary(Callback):
         test_after_fit: bool = True,
         monitor: str = "val/acc",
         mode: str = "max",
+        optimized: tuple[str, str] = ("val/acc", "max"),
     ) -> None:
         self.path = Path(run_dir) / "summary.json"
         self.previous = _read_json(self.path)  # the run's record before this attempt, if resumed
@@ -68,6 +72,10 @@ class RunSummary(Callback):
         self.monitor, self.mode = monitor, mode
         self.best_score: float | None = None
         self.best_epoch: int | None = None
+        self.optimized_name, self.optimized_mode = optimized
+        self.optimized_best: float | None = None
+        self.optimized_epoch: int | None = None
+        self._first_epoch: int | None = None  # the epoch this process started the fit at
         self.train_seconds = 0.0
         self._fit_started: float | None = None
 
@@ -87,6 +95,14 @@ class RunSummary(Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fit_started = time.perf_counter()
+        if self.hparams is not None and trainer.is_global_zero:
+            log_run_hparams(trainer, self.hparams)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._first_epoch is None:
+            self._first_epoch = trainer.current_epoch
+        elif trainer.current_epoch > self._first_epoch:  # the metrics of the epoch just ended
+            self._observe_optimized(trainer, trainer.current_epoch - 1)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
@@ -100,6 +116,8 @@ class RunSummary(Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._stop_clock()
+        if self._first_epoch is not None and trainer.current_epoch > self._first_epoch:
+            self._observe_optimized(trainer, trainer.current_epoch - 1)
         stopping = trainer.early_stopping_callback
         timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
         if stopping is not None and stopping.stopped_epoch > 0:
@@ -117,6 +135,8 @@ class RunSummary(Callback):
         metrics = trainer.callback_metrics
         self.record["test_acc"] = _number(metrics.get("test/acc"))
         self.record["test_loss"] = _number(metrics.get("test/loss"))
+        if self.optimized_name.startswith("test/"):
+            self._observe_optimized(trainer, None)
         self.record["tested_checkpoint"] = (
             trainer.ckpt_path or "the last weights (no best checkpoint was saved)"
         )
@@ -139,12 +159,36 @@ class RunSummary(Callback):
             "best_score": self.best_score,
             "best_epoch": self.best_epoch,
             "train_seconds": seconds,
+            "optimized": [self.optimized_name, self.optimized_best, self.optimized_epoch],
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best_score = state_dict.get("best_score")
         self.best_epoch = state_dict.get("best_epoch")
         self.train_seconds = float(state_dict.get("train_seconds", 0.0))
+        name, best, epoch = state_dict.get("optimized") or (None, None, None)
+        # a resumed fit continues the record; the test of the best checkpoint after this
+        # process's fit (which loads the state saved then) keeps what the fit found; and
+        # another metric's best means nothing for this one
+        if self._first_epoch is None and name == self.optimized_name:
+            self.optimized_best, self.optimized_epoch = best, epoch
+
+    # ------------------------------------------------------------------ the optimised metric
+
+    def _observe_optimized(self, trainer: L.Trainer, epoch: int | None) -> None:
+        """Keep the best value of the optimised metric; refuse a metric the run never logs."""
+        metrics = trainer.callback_metrics
+        if self.optimized_name not in metrics:
+            if self.optimized_name.startswith("test/"):
+                return  # logged by the test, after the fit
+            raise UserError(
+                f"optimized_metric={self.optimized_name} is not logged by this run; pass one of: "
+                f"{', '.join(sorted(metrics))}."
+            )
+        value = float(metrics[self.optimized_name])
+        best = self.optimized_best
+        if best is None or (value > best if self.optimized_mode == "max" else value < best):
+            self.optimized_best, self.optimized_epoch = value, epoch
 
     # ------------------------------------------------------------------ the record
 
@@ -197,6 +241,12 @@ class RunSummary(Callback):
             "best_val_acc": self.best_score,
             "best_epoch": self.best_epoch,
             "train_seconds": round(self.train_seconds, 3),
+            "optimized_metric": {
+                "name": self.optimized_name,
+                "mode": self.optimized_mode,
+                "best": self.optimized_best,
+                "epoch": self.optimized_epoch,
+            },
             **self.record,
             "versions": environment_versions(),
             "device": device_name(),
@@ -219,6 +269,8 @@ class RunSummary(Callback):
         os.replace(tmp.name, self.path)
         if final and trainer is not None and self.hparams is not None:
             log_hparams(trainer, self.hparams, summary)
+        if final and trainer is not None:
+            finish_wandb_runs(trainer, failed=summary.get("status") not in FINISHED)
 
 
 def log_hparams(trainer: L.Trainer, hparams: dict[str, Any], summary: dict[str, Any]) -> None:
@@ -231,6 +283,22 @@ def log_hparams(trainer: L.Trainer, hparams: dict[str, Any], summary: dict[str, 
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(hparams, {k: v for k, v in metrics.items() if v is not None})
             logger.finalize("success")
+
+
+def finish_wandb_runs(trainer: L.Trainer, *, failed: bool) -> None:
+    """End the run's W&B run, so that its log is complete on disk and the next job of a sweep
+    (in this process) starts a run of its own instead of logging into this one."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger.experiment.finish(exit_code=1 if failed else 0)
+
+
+def log_run_hparams(trainer: L.Trainer, hparams: dict[str, Any]) -> None:
+    """The same knobs, tags included, for the other loggers when the fit starts: a CSVLogger's
+    hparams.yaml, MLflow's params, W&B's config."""
+    for logger in trainer.loggers:
+        if isinstance(logger, (CSVLogger, MLFlowLogger, WandbLogger)):
+            logger.log_hyperparams(hparams)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -1,15 +1,17 @@
-"""VisualizationLogger: filters, feature maps or attention, and predictions, in TensorBoard during training."""
+"""VisualizationLogger: filters, feature maps or attention, and predictions, in the loggers during training."""
 
 from __future__ import annotations
 
 import time
+from contextlib import suppress
 
 import lightning as L
+import matplotlib.pyplot as plt
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
 
 from cvexp.data.formats import CLASSES
+from cvexp.loggers.figures import figure_loggers, log_figure, log_scalar
 from cvexp.runtime.errors import UserError
 from cvexp.viz.figures import predictions_figure
 from cvexp.viz.network import network_figures
@@ -22,7 +24,8 @@ class VisualizationLogger(Callback):
     image: `viz/filters` (first conv layer), `viz/overview` (the image through every layer)
     and `viz/attention` (a ViT's class-token attention of the last block, or local attention). The images are drawn from the
     held-out split with `seed` and stay the same in every epoch, so the TensorBoard slider
-    shows their progression. `viz/seconds` records what the callback cost.
+    shows their progression. `viz/seconds` records what the callback cost. The figures go to
+    TensorBoard, MLflow (as artifacts) and W&B; a run with none of these draws nothing.
     """
 
     def __init__(self, every_n_epochs: int = 5, num_images: int = 16, seed: int = 0) -> None:
@@ -56,29 +59,32 @@ class VisualizationLogger(Callback):
 
     @torch.no_grad()
     def log_figures(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Draw and log every figure for the current epoch (rank 0 only)."""
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        """Draw every figure for the current epoch and log it to each logger that holds images
+        (rank 0 only; nothing is drawn when no logger can hold a figure, e.g. CSV only)."""
+        loggers = figure_loggers(trainer.loggers)
         batch = self._fixed_batch(trainer)
         if not trainer.is_global_zero or not loggers or batch is None:
             return
         start = time.perf_counter()
-        writer, step = loggers[0].experiment, trainer.current_epoch
+        where = {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
+        step = trainer.current_epoch
         net = pl_module.net
         was_training = net.training
         net.eval()
         images = batch[0].to(pl_module.device)
         probabilities = pl_module(images).softmax(dim=1).float().cpu()
         title = f"epoch {step}: validation images (green: right, red: wrong)"
-        writer.add_figure(
-            "viz/predictions",
-            predictions_figure(batch[0], probabilities, batch[1], CLASSES, title=title),
-            step,
-        )
-        try:
-            figures = network_figures(net, batch[0][0], caption=f"epoch {step}", every_layer=False)
-        except UserError:  # a timm model that does not expose its layers: predictions only
-            figures = {}
+        figures = {
+            "predictions": predictions_figure(
+                batch[0], probabilities, batch[1], CLASSES, title=title
+            )
+        }
+        with suppress(UserError):  # a timm model that does not expose its layers: predictions only
+            figures.update(
+                network_figures(net, batch[0][0], caption=f"epoch {step}", every_layer=False)
+            )
         for name, fig in figures.items():
-            writer.add_figure(f"viz/{name}", fig, step)
+            log_figure(loggers, f"viz/{name}", fig, **where)
+            plt.close(fig)
         net.train(was_training)
-        writer.add_scalar("viz/seconds", time.perf_counter() - start, step)
+        log_scalar(loggers, "viz/seconds", time.perf_counter() - start, **where)

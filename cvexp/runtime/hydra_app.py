@@ -53,7 +53,19 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
     OmegaConf.register_new_resolver("data_root", default_data_root, replace=True)
     OmegaConf.register_new_resolver("checkpoint_name", checkpoint_name, replace=True)
+    register_logger_resolvers()
     OmegaConf.register_new_resolver("key_help", resolve_key_help, replace=True)
+
+
+def register_logger_resolvers() -> None:
+    """The resolvers of conf/logger/ and conf/hydra/: store paths, run names, tags, the record."""
+    from cvexp.loggers.config_values import absolute_path, run_label, tag_dict
+    from cvexp.runtime.sweep_resume import record_subdir
+
+    OmegaConf.register_new_resolver("abspath", absolute_path, replace=True)
+    OmegaConf.register_new_resolver("run_label", run_label, replace=True)
+    OmegaConf.register_new_resolver("mlflow_tags", tag_dict, replace=True)
+    OmegaConf.register_new_resolver("record_subdir", record_subdir, replace=True)
 
 
 def log_lightning_to_run_file() -> None:

@@ -5,7 +5,8 @@ so composing a config, `--help` and `--cfg job` touch nothing. `RunDirectory`, a
 callback, claims the directory just before Hydra writes into it: with an atomic `mkdir`,
 adding `-1`, `-2`, ... when the name is taken, so two runs started in the same second never
 share one. A directory named explicitly on the command line is used as given, unless it
-already holds a run: that one is refused, because writing into it would mix two runs.
+already holds a run: that one is refused, because writing into it would mix two runs. A sweep
+with `skip_completed=true` is the exception: it continues in its folder (runtime/sweep_resume.py).
 """
 
 from __future__ import annotations
@@ -112,9 +113,15 @@ class RunDirectory(Callback):
             )
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from cvexp.runtime.sweep_resume import SKIP_COMPLETED_ENV
+
         settings_or_refuse(config)
         os.environ[SWEEP_KEYS_ENV] = ",".join(sorted(swept_keys(config)))
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        if config.get("skip_completed"):
+            continue_sweep_in(config, sweep_dir)
+            return
+        os.environ.pop(SKIP_COMPLETED_ENV, None)
         if explicitly_given(config, "hydra.sweep.dir"):
             if holds_a_run(sweep_dir) or (sweep_dir.is_dir() and any(sweep_dir.iterdir())):
                 refuse(
@@ -127,6 +134,30 @@ class RunDirectory(Callback):
             config.hydra.sweep.dir = str(claimed)
             # every job's config is composed again from these overrides: pin the claimed folder
             config.hydra.overrides.hydra.append(f"hydra.sweep.dir={quoted(claimed)}")
+
+
+def continue_sweep_in(config: DictConfig, sweep_dir: Path) -> None:
+    """skip_completed=true: the sweep writes into `sweep_dir` as it is (made when new), and its
+    jobs skip what finished there (see runtime/sweep_resume.py)."""
+    from cvexp.runtime.sweep_resume import SKIP_COMPLETED_ENV
+
+    if (sweep_dir / ".hydra").is_dir():
+        refuse(
+            f"{sweep_dir} holds a single run, not a sweep; pass the folder of a sweep as "
+            "hydra.sweep.dir (or continue the run with resume=)."
+        )
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        refuse(
+            f"cannot create the sweep directory {sweep_dir} ({err.strerror or err}); pass "
+            "paths.log_dir=<a writable folder>."
+        )
+    os.environ[SKIP_COMPLETED_ENV] = "1"
+    if not explicitly_given(config, "hydra.sweep.dir"):
+        with read_write(config.hydra), open_dict(config.hydra):
+            # every job's config is composed again from these overrides: pin the folder
+            config.hydra.overrides.hydra.append(f"hydra.sweep.dir={quoted(sweep_dir)}")
 
 
 def swept_keys(config: DictConfig) -> set[str]:

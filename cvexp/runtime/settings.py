@@ -49,6 +49,21 @@ def check_settings(cfg: DictConfig) -> None:
             f"data.root={root} is a file; pass the folder that holds CIFAR-10 (or its archive), "
             "or set CVEXP_DATA to that folder."
         )
+    mode = _get(cfg, "optimized_mode")
+    if mode is not None and mode not in ("min", "max"):
+        raise UserError(
+            f"optimized_mode={mode} is not a direction; pass optimized_mode=max (higher is better) "
+            "or optimized_mode=min."
+        )
+    metric = _get(cfg, "optimized_metric")
+    if metric is not None and (not isinstance(metric, str) or not metric.strip()):
+        raise UserError(
+            f"optimized_metric={metric} is not a metric name; pass a logged metric, e.g. "
+            "optimized_metric=val/loss."
+        )
+    tags = _get(cfg, "tags")
+    if tags is not None and not OmegaConf.is_list(tags):
+        raise UserError(f"tags={tags} is not a list; pass tags=[word,...], e.g. tags=[baseline].")
     top_k = _get(cfg, "top_k")
     if isinstance(top_k, int) and top_k < 1:
         raise UserError(f"top_k={top_k} is not valid: it would show nothing; pass top_k=1 or more.")

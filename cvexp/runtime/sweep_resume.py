@@ -1,0 +1,91 @@
+"""Finish a sweep in its own folder: `skip_completed=true` skips the jobs that already finished.
+
+Run the same sweep again into the same folder (`hydra.sweep.dir=<it>`, or an Optuna search,
+whose folder is fixed by its study name) with `skip_completed=true`:
+
+- a job whose summary.json says it finished (completed, stopped early or at its time limit) is
+  not run again, and its files, `.hydra/` included, stay as they were; the sweeper gets the
+  job's recorded result;
+- a job that was interrupted continues from its `checkpoints/last.ckpt`, in place;
+- any other job (failed, or never started) runs from the start.
+
+RunDirectory sets SKIP_COMPLETED_ENV for the sweep, so that the `record_subdir` resolver (Hydra's
+`hydra.output_subdir`) can tell Hydra not to rewrite a finished job's `.hydra/` record.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from cvexp.callbacks.run_summary import FINISHED
+
+SKIP_COMPLETED_ENV = "CVEXP_SKIP_COMPLETED"
+RECORD_SUBDIR = ".hydra"
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The run's summary.json, or None when it has none (or an unreadable one)."""
+    try:
+        return json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def finished_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The summary of a run that finished, or None."""
+    summary = read_summary(run_dir)
+    return summary if summary is not None and summary.get("status") in FINISHED else None
+
+
+def record_subdir(*, _root_: DictConfig) -> str | None:
+    """`hydra.output_subdir`: `.hydra`, or None (no record written) for a finished job that this
+    sweep skips, so that its recorded config stays as it was."""
+    if os.environ.get(SKIP_COMPLETED_ENV) != "1":
+        return RECORD_SUBDIR
+    output_dir = OmegaConf.select(_root_, "hydra.runtime.output_dir", default=None)
+    if output_dir and finished_summary(Path(str(output_dir))) is not None:
+        return None
+    return RECORD_SUBDIR
+
+
+def skipping(cfg: DictConfig) -> bool:
+    """Whether this process runs a job of a sweep that skips finished jobs."""
+    from cvexp.runtime.hydra_app import in_multirun
+
+    return bool(cfg.get("skip_completed")) and in_multirun()
+
+
+def earlier_result(cfg: DictConfig) -> dict[str, Any] | None:
+    """The summary of this job's earlier, finished run when the sweep skips finished jobs."""
+    return finished_summary(Path(str(cfg.paths.output_dir))) if skipping(cfg) else None
+
+
+def continue_interrupted(cfg: DictConfig) -> str | None:
+    """When this job was interrupted in an earlier run of the sweep, set `ckpt_path` to its
+    last.ckpt (the fit continues in place) and return it; otherwise change nothing."""
+    if not skipping(cfg) or cfg.get("ckpt_path"):
+        return None
+    run_dir = Path(str(cfg.paths.output_dir))
+    summary = read_summary(run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if summary is None or summary.get("status") != "interrupted" or not last.is_file():
+        return None
+    with open_dict(cfg):
+        cfg.ckpt_path = str(last)
+    return str(last)
+
+
+def objective(summary: dict[str, Any], metric: str) -> float:
+    """A run's result for a sweeper: the best value of `metric` it recorded (NaN if none)."""
+    optimized = summary.get("optimized_metric") or {}
+    if optimized.get("name") == metric and optimized.get("best") is not None:
+        return float(optimized["best"])
+    if metric == "val/acc" and summary.get("best_val_acc") is not None:  # older summaries
+        return float(summary["best_val_acc"])
+    return math.nan
