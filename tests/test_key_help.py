@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from cvexp.runtime.hydra_app import VERSION_BASE, register_resolvers
 from cvexp.runtime.key_help import (
+    CONF_DIR,
     default_text,
     first_sentence,
     key_descriptions,
@@ -61,6 +62,23 @@ def test_the_help_follows_the_chosen_options() -> None:
     assert "model.optimizer.lr (default: 0.001)" in text  # the ViT's AdamW, not VGG's SGD
     assert "trainer.max_epochs (default: 7)" in text
     assert "data.root (default: ${data_root:})" in text  # an interpolation as written
+    GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize(
+    "experiment", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+)
+def test_the_help_of_every_experiment_composes(experiment: str) -> None:
+    # presets switch groups off (callbacks.early_stopping=null): their keys say so
+    cfg = compose_with_hydra("train", [f"experiment={experiment}"])
+    _, keys = help_keys(cfg)
+    text = main_keys_text(cfg, keys, "train")
+    assert text.count(" (default: ") == len(keys)
+    if cfg.callbacks.get("early_stopping") is None:
+        assert (
+            "callbacks.early_stopping.patience (default: none: callbacks.early_stopping is off"
+            in text
+        )
     GlobalHydra.instance().clear()
 
 

@@ -120,6 +120,8 @@ def default_text(cfg: DictConfig, key: str) -> str:
     """The key's value in the composed config as one short string (interpolations as written)."""
     parent_key, _, leaf = key.rpartition(".")
     parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+    if not isinstance(parent, DictConfig):  # e.g. callbacks.early_stopping=null in a preset
+        return f"none: {parent_key} is {'off (null)' if parent is None else repr(parent)}"
     if OmegaConf.is_interpolation(parent, leaf):
         return str(parent._get_node(leaf)._value())  # e.g. ${seed}, not the number
     value = OmegaConf.select(cfg, key)
