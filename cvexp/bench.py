@@ -149,6 +149,7 @@ def run(
             model_overrides=framework_overhead.SMALL_NET,
             options=(),
             device=device,
+            breakdown=True,
             **settings["fit_small"],
         )
         results["framework_overhead_small"] = check_goal(
@@ -270,7 +271,14 @@ def table(results: dict[str, Any]) -> str:
                 "",
             )
         )
-    return markdown_table(list(rows[0]), [list(row) for row in rows[1:]])
+    text = markdown_table(list(rows[0]), [list(row) for row in rows[1:]])
+    breakdown = small.get("breakdown_ms_per_step")
+    if breakdown:
+        text += (
+            "\n\nWhere the small net's step time goes (ms per step, profiled fit; actions nest):\n"
+        )
+        text += "\n".join(f"  {ms:8.3f}  {action}" for action, ms in breakdown.items())
+    return text
 
 
 def _yes(met: bool | None) -> str:

@@ -22,6 +22,11 @@ def test_quick_bench_writes_the_contract_json_and_never_overwrites_it(tmp_path: 
         assert math.isfinite(ratio) and ratio > 0, key
     small = results["framework_overhead_small"]
     assert "model.net.width=0.125" in small["model"] and small["plain_step_ms"] > 0
+    breakdown = small["breakdown_ms_per_step"]  # the profiled fit: our hooks by name
+    assert any("training_step" in action for action in breakdown), breakdown
+    assert any("on_after_batch_transfer" in action for action in breakdown), breakdown
+    assert all(ms >= 0 for ms in breakdown.values())
+    assert "Where the small net's step time goes" in done.stdout
     memory = results["datamodule_memory"]
     assert memory["images"] == 60_000  # the full-size DataModule, on generated data here
     assert memory["rss_mb"] == memory["decode_rss_mb"] >= memory["cached_rss_mb"]

@@ -92,6 +92,30 @@ def test_an_optimized_metric_that_is_never_logged_fails_in_one_sentence(
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
 
 
+def test_the_optimized_best_survives_a_resume_and_sparse_validation(
+    compose_train, tmp_path: Path
+) -> None:
+    # validation every other epoch: no "not logged" error in the epochs without one
+    first = train(
+        compose_train("logger=none", "trainer.check_val_every_n_epoch=2", "trainer.max_epochs=2")
+    )
+    assert first["status"] == "completed" and first["optimized_metric"]["epoch"] == 1
+    # a fit resumed from last.ckpt keeps the value of the epoch that checkpoint ended
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    resumed = train(
+        compose_train(
+            "logger=none",
+            "trainer.check_val_every_n_epoch=2",
+            "trainer.max_epochs=4",
+            f"ckpt_path={last}",
+            run_dir=tmp_path / "resumed",
+        )
+    )
+    assert resumed["status"] == "completed", resumed
+    assert resumed["optimized_metric"]["best"] == pytest.approx(resumed["best_val_acc"])
+    assert resumed["optimized_metric"]["epoch"] == resumed["best_epoch"] in (1, 3)
+
+
 def test_a_mode_that_is_no_direction_is_refused(compose_train) -> None:
     with pytest.raises(UserError, match="optimized_mode=best is not a direction"):
         train(compose_train("optimized_mode=best"))

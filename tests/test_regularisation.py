@@ -298,7 +298,8 @@ def test_ema_weights_are_validated_saved_and_tested(compose_train) -> None:
     )
     assert same(net_part(best["state_dict"]), probe.validated[best["epoch"]])
     assert same(net_part(best["current_model_state"]), probe.raw_during_val[best["epoch"]])
-    # last.ckpt: Lightning 2.6 rewrites it only in epochs that also save a best checkpoint
+    # last.ckpt: written at every epoch's validation end, with that epoch's average
+    assert last["epoch"] == max(probe.validated)
     assert same(net_part(last["state_dict"]), probe.validated[last["epoch"]])
     assert same(probe.tested, net_part(best["state_dict"]))  # the test used the average
     # cvexp-eval, -predict, -visualize and -export load the checkpoint through load_classifier
@@ -369,3 +370,33 @@ def test_the_vit_recipe_trains_a_small_vit(compose_train) -> None:
     )
     summary = train(cfg)
     assert summary["status"] == "completed" and summary["test_acc"] is not None
+
+
+def test_an_ema_checkpoint_saved_during_validation_keeps_raw_and_average_apart() -> None:
+    # an interrupt (SIGTERM, SIGUSR1, Ctrl+C) during validation saves while the module holds
+    # the average: the checkpoint must still have the average in state_dict, the raw weights
+    # in current_model_state, and the module must get its raw weights back
+    torch.manual_seed(0)
+    module = ImageClassifier(VGG(depth=11, width=0.03125, head_width=16, dropout=0.0))
+    ema = WeightEMA(decay=0.5)
+    ema._device = torch.device("cpu")
+    ema.setup(None, module, "fit")  # the average starts as a copy of the module
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(1.0)  # raw weights move away from the average
+    raw = {k: v.clone() for k, v in module.state_dict().items()}
+    average = {
+        k[7:]: v.clone() for k, v in ema._average_model.state_dict().items() if k[:7] == "module."
+    }
+
+    ema.on_validation_epoch_start(None, module)  # the module now holds the average
+    assert all(torch.equal(module.state_dict()[k], average[k]) for k in average)
+    checkpoint = {"state_dict": module.state_dict()}
+    ema.on_save_checkpoint(None, module, checkpoint)  # the interrupt's save, mid-validation
+    for key in average:
+        assert torch.equal(checkpoint["state_dict"][key], average[key]), key
+        assert torch.equal(checkpoint["current_model_state"][key], raw[key]), key
+    ema.on_exception(None, module, KeyboardInterrupt())
+    assert all(torch.equal(module.state_dict()[k], raw[k]) for k in raw)
+    ema.on_validation_end(None, module)  # a later hook does not swap a second time
+    assert all(torch.equal(module.state_dict()[k], raw[k]) for k in raw)

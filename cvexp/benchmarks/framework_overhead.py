@@ -194,10 +194,12 @@ def measure(
     repeats: int = 3,
     options: tuple[str, ...] = tuple(OPTIONS),
     device: str = "cpu",
+    breakdown: bool = False,
 ) -> dict[str, Any]:
     """Framework overhead (ours / plain) and the speed-up of each option (with / without).
 
-    All candidates are interleaved repeat by repeat; each figure is a ratio of medians.
+    All candidates are interleaved repeat by repeat; each figure is a ratio of medians. With
+    `breakdown`, one more profiled fit says where our step's time goes (`hook_breakdown`).
     """
     quiet_lightning()
     dev = torch.device(device)
@@ -237,6 +239,10 @@ def measure(
         "timed_steps": steps,
         "repeats": repeats,
     }
+    if breakdown:
+        overhead["breakdown_ms_per_step"] = hook_breakdown(
+            base, workdir=workdir, warmup=warmup, steps=steps
+        )
     option_results: dict[str, Any] = {}
     for name in options:
         option_results[name] = {
@@ -249,6 +255,34 @@ def measure(
             fits["ours"].warmup_seconds
         )
     return {"framework_overhead": overhead, "options": option_results}
+
+
+def hook_breakdown(
+    overrides: list[str], *, workdir: Path, warmup: int, steps: int, top: int = 12
+) -> dict[str, float]:
+    """Where a training step's time goes: milliseconds per step of each action Lightning's
+    SimpleProfiler records in one real fit of `overrides`, the `top` largest.
+
+    Actions run every step (our hooks and callbacks, the batch transfer and augmentation hook,
+    the training step, backward, the optimiser step) count with their median after the
+    warm-up; actions run several times per step with their total per step. Actions nest
+    (`run_training_batch` holds the training step, backward and optimiser step), so the
+    figures do not add up to the step time.
+    """
+    cfg = compose_config("train", [*overrides, "+trainer.profiler=simple"], workdir / "profiled")
+    datamodule = instantiate(cfg.data)
+    classifier = instantiate(cfg.model)
+    trainer = build_trainer(cfg, [])
+    trainer.fit(classifier, datamodule=datamodule)
+    steps_run = warmup + steps
+    per_step: dict[str, float] = {}
+    for action, durations in trainer.profiler.recorded_durations.items():
+        if len(durations) == steps_run:
+            per_step[action] = 1000 * median(durations[warmup:])
+        elif len(durations) > steps_run:
+            per_step[action] = 1000 * sum(durations) / steps_run
+    largest = sorted(per_step.items(), key=lambda item: item[1], reverse=True)[:top]
+    return {action: round(ms, 3) for action, ms in largest}
 
 
 def make_workdir() -> Path:

@@ -45,11 +45,16 @@ class WeightEMA(EMAWeightAveraging):
             )
         super().__init__(decay=float(decay), update_every_n_steps=update_every_n_steps)
         self.decay = float(decay)
+        self._holds_average = False  # the module holds the average (from validation start to end)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit" and self._device is None:
             self._device = trainer.strategy.root_device
         super().setup(trainer, pl_module, stage)
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_epoch_start(trainer, pl_module)
+        self._holds_average = self._average_model is not None
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """The averaged weights stay in place until on_validation_end."""
@@ -57,8 +62,29 @@ class WeightEMA(EMAWeightAveraging):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # ModelCheckpoint saves in this hook too; Lightning runs checkpoint callbacks last, so the
         # module holds the raw weights again when it does, as on_save_checkpoint expects
-        if self._average_model is not None:
+        self._swap_back(pl_module)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._swap_back(pl_module)  # an interrupt during validation: the raw weights come back
+
+    def _swap_back(self, pl_module: L.LightningModule) -> None:
+        if self._average_model is not None and self._holds_average:
             self._swap_models(pl_module)
+        self._holds_average = False
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        if self._holds_average and "current_model_state" in checkpoint:
+            # saved during validation (an interrupt's checkpoint before on_exception swapped
+            # back): the module held the average and the averaged model the raw weights
+            checkpoint["state_dict"], checkpoint["current_model_state"] = (
+                checkpoint["current_model_state"],
+                checkpoint["state_dict"],
+            )
 
     def on_load_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]

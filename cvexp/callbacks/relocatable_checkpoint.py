@@ -33,8 +33,10 @@ class RelocatableCheckpoint(ModelCheckpoint):
 
     A run directory that was copied or moved resumes against its own files: the state saved
     in a checkpoint (the best and last paths, the top-k) is moved from the folder it was
-    written in to this run's `dirpath` before it is loaded. (Lightning alone would keep
-    pointing at the old location, and test the original run's checkpoint.)
+    written in to this run's `dirpath` before it is loaded, when the files are there.
+    (Lightning alone would keep pointing at the old location, and test the original run's
+    checkpoint.) A new run started with `ckpt_path=` from another run keeps that run's best
+    path until it saves a better one of its own.
 
     `last.ckpt` is written at the end of every epoch. Lightning 2.6 writes it only in an
     epoch that also saved a top-k checkpoint, so after an epoch that did not improve, a
@@ -59,5 +61,14 @@ class RelocatableCheckpoint(ModelCheckpoint):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         old = state_dict.get("dirpath")
         if old and self.dirpath and Path(old) != Path(self.dirpath):
-            state_dict = relocated(state_dict, str(old), str(self.dirpath))
+            moved = relocated(state_dict, str(old), str(self.dirpath))
+            # only a run whose files came along (a copied or moved run directory); a new run
+            # started with ckpt_path= from another run keeps pointing at that run's files
+            if any(
+                moved.get(key)
+                and moved.get(key) != state_dict.get(key)
+                and Path(moved[key]).is_file()
+                for key in ("best_model_path", "last_model_path")
+            ):
+                state_dict = moved
         super().load_state_dict(state_dict)

@@ -30,8 +30,8 @@ class RunSummary(Callback):
 
     - `setup`: the net's size and the validation split;
     - `on_validation_end`: the best epoch so far of `monitor`;
-    - each epoch's end (seen at the next epoch's start and at the end of fit), and the test:
-      the best value of `optimized`, the metric a sweep optimises (any logged metric);
+    - each validation's end (train/* metrics: the next epoch's start and the end of fit), and
+      the test: the best value of `optimized`, the metric a sweep optimises (any logged metric);
     - `on_fit_end`: completed or stopped early, the best and last checkpoints (from the
       `ModelCheckpoint`), epochs run and training time;
     - `on_test_end`: the test metrics and the checkpoint they came from;
@@ -101,11 +101,18 @@ class RunSummary(Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._first_epoch is None:
             self._first_epoch = trainer.current_epoch
-        elif trainer.current_epoch > self._first_epoch:  # the metrics of the epoch just ended
-            self._observe_optimized(trainer, trainer.current_epoch - 1)
+        elif trainer.current_epoch > self._first_epoch and self._optimizes_training_metric:
+            self._observe_optimized(trainer, trainer.current_epoch - 1)  # the epoch just ended
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+        if trainer.sanity_checking:
+            return
+        # before the epoch's checkpoints are saved (Lightning runs checkpoint callbacks last),
+        # so a resumed run keeps this epoch's value; only after a validation really ran, so
+        # trainer.check_val_every_n_epoch=2 is no reason to call a val metric missing
+        if not self._optimizes_training_metric and not self.optimized_name.startswith("test/"):
+            self._observe_optimized(trainer, trainer.current_epoch)
+        if self.monitor not in trainer.callback_metrics:
             return
         score = float(trainer.callback_metrics[self.monitor])
         better = self.best_score is None or (
@@ -116,7 +123,11 @@ class RunSummary(Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._stop_clock()
-        if self._first_epoch is not None and trainer.current_epoch > self._first_epoch:
+        if (
+            self._optimizes_training_metric
+            and self._first_epoch is not None
+            and trainer.current_epoch > self._first_epoch
+        ):
             self._observe_optimized(trainer, trainer.current_epoch - 1)
         stopping = trainer.early_stopping_callback
         timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
@@ -174,6 +185,12 @@ class RunSummary(Callback):
             self.optimized_best, self.optimized_epoch = best, epoch
 
     # ------------------------------------------------------------------ the optimised metric
+
+    @property
+    def _optimizes_training_metric(self) -> bool:
+        """train/* metrics are logged at the epoch's end, after this callback's epoch-end hook,
+        so they are read at the next epoch's start (and at the end of fit)."""
+        return self.optimized_name.startswith("train/")
 
     def _observe_optimized(self, trainer: L.Trainer, epoch: int | None) -> None:
         """Keep the best value of the optimised metric; refuse a metric the run never logs."""

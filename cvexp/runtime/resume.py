@@ -104,10 +104,21 @@ def refuse_run_changing_overrides(overrides: list[str]) -> None:
 
 
 def completed_epochs(checkpoint: dict) -> int:
-    """How many epochs a Lightning checkpoint's fit had completed."""
+    """How many epochs a Lightning checkpoint's fit had completed.
+
+    A checkpoint saved at an epoch's validation end (as last.ckpt is, every epoch) has all of
+    that epoch's training batches done but the epoch not yet counted as completed: it counts.
+    """
     try:
-        return int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"])
-    except (KeyError, TypeError):
+        fit_loop = checkpoint["loops"]["fit_loop"]
+        progress = fit_loop["epoch_progress"]["current"]
+        done = int(progress["completed"])
+        if int(progress["started"]) > done and fit_loop["epoch_loop.batch_progress"].get(
+            "is_last_batch"
+        ):
+            done += 1
+        return done
+    except (KeyError, TypeError, AttributeError):
         return int(checkpoint.get("epoch", 0))
 
 

@@ -142,8 +142,19 @@ def agree_on_run_dir(config: DictConfig, launch: OutsideLaunch, claim) -> None:
         and config.hydra.job.name == "train"
     ):
         earlier = run_of_this_slurm_job(root, launch, overrides)
-        if earlier is not None and (earlier / "checkpoints" / "last.ckpt").is_file():
-            continue_requeued_run(earlier, launch)
+        if earlier is not None:
+            from cvexp.runtime.sweep_resume import finished_summary
+
+            finished = finished_summary(earlier)
+            if finished is not None:  # requeued after the run had finished: nothing to redo
+                print(
+                    f"cvexp-train: SLURM job {launch.slurm_job} was requeued after its run "
+                    f"{earlier} had finished ({finished['status']}); nothing to do.",
+                    file=sys.stderr,
+                )
+                raise SystemExit(0)
+            if (earlier / "checkpoints" / "last.ckpt").is_file():
+                continue_requeued_run(earlier, launch)
     if launch.rank == 0:
         run_dir = claim(pattern)
         write_launch_record(run_dir, launch, overrides)

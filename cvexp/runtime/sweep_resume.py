@@ -6,8 +6,12 @@ whose folder is fixed by its study name) with `skip_completed=true`:
 - a job whose summary.json says it finished (completed, stopped early or at its time limit) is
   not run again, and its files, `.hydra/` included, stay as they were; the sweeper gets the
   job's recorded result;
-- a job that was interrupted continues from its `checkpoints/last.ckpt`, in place;
-- any other job (failed, or never started) runs from the start.
+- a job that was interrupted, or killed before it could record why, continues from its
+  `checkpoints/last.ckpt`, in place;
+- any other job (failed with an error, or never started) runs from the start.
+
+The jobs are matched by their folder names, which hold only the values the sweep varies:
+run the same command again (a changed constant override is not noticed).
 
 RunDirectory sets SKIP_COMPLETED_ENV for the sweep, so that the `record_subdir` resolver (Hydra's
 `hydra.output_subdir`) can tell Hydra not to rewrite a finished job's `.hydra/` record.
@@ -21,9 +25,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from cvexp.callbacks.run_summary import FINISHED
+from cvexp.runtime.run_dir import quoted
 
 SKIP_COMPLETED_ENV = "CVEXP_SKIP_COMPLETED"
 RECORD_SUBDIR = ".hydra"
@@ -74,10 +80,21 @@ def continue_interrupted(cfg: DictConfig) -> str | None:
     run_dir = Path(str(cfg.paths.output_dir))
     summary = read_summary(run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
-    if summary is None or summary.get("status") != "interrupted" or not last.is_file():
+    # interrupted, or killed before it could say so (no summary, or one without an error);
+    # a job that failed with an error runs again from the start
+    stopped = (
+        summary is None
+        or summary.get("status") == "interrupted"
+        or (summary.get("status") not in FINISHED and not summary.get("error"))
+    )
+    if not stopped or not last.is_file():
         return None
     with open_dict(cfg):
         cfg.ckpt_path = str(last)
+    if HydraConfig.initialized():  # DDP's other ranks start from the job's overrides: them too
+        overrides = HydraConfig.get().overrides
+        with read_write(overrides):
+            overrides.task.append(f"ckpt_path={quoted(last)}")
     return str(last)
 
 
