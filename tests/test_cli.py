@@ -72,6 +72,9 @@ def test_claim_fresh_dir_never_reuses_a_directory(tmp_path: Path) -> None:
         ("cvexp-train", "cvexp-train"),
         ("cvexp-eval", "cvexp-eval"),
         ("cvexp-visualize", "cvexp-visualize"),
+        ("cvexp-predict", "cvexp-predict"),
+        ("cvexp-export", "cvexp-export"),
+        ("cvexp-attention", "cvexp-attention"),
     ],
 )
 def test_help_names_the_command_and_leaves_the_working_directory_as_it_was(
