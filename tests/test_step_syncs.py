@@ -18,6 +18,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cvexp.train import train
 
@@ -87,3 +88,19 @@ def test_training_steps_read_nothing_back_between_logging_steps(
     allowed = {s for s in range(steps) if (s + 1) % log_every == 0 or (s + 1) % check_every == 0}
     stray = {step: calls for step, calls in sync_counter.calls.items() if step not in allowed}
     assert not stray, f"host reads in non-logging steps: {stray}"
+
+
+def test_the_learning_rate_is_logged_at_the_logging_steps(compose_train, tmp_path) -> None:
+    # logged only where Lightning writes step metrics, so no step's value is thrown away
+    cfg = compose_train(
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=7",
+        "trainer.log_every_n_steps=3",
+        "callbacks.feature_maps=null",
+    )
+    train(cfg)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    lr_steps = [e.step for e in events.Scalars("lr")]
+    assert lr_steps == [e.step for e in events.Scalars("train/loss")] == [2, 5, 8, 11]
+    assert len({e.value for e in events.Scalars("lr")}) == 4  # the one-cycle schedule moves

@@ -9,7 +9,11 @@ from lightning.pytorch.callbacks import Callback
 
 
 class LearningRateLogger(Callback):
-    """Logs the learning rate every `every_n_steps` optimiser steps: `lr` (and `momentum`).
+    """Logs the learning rate, `lr` (and `momentum`), at the steps the Trainer writes to its
+    loggers (every `trainer.log_every_n_steps`), thinned further by `every_n_steps`.
+
+    A step value logged in other steps is never written, and logging it costs host time
+    every step (about 0.8 ms, 5% of a small net's CPU step, measured by cvexp-bench).
 
     Lightning's LearningRateMonitor names the tag after the optimiser and splits it per
     parameter group (`lr-SGD/pg1`, ...), a tag per group in every run. Most of our groups
@@ -26,6 +30,8 @@ class LearningRateLogger(Callback):
     ) -> None:
         if trainer.global_step % self.every_n_steps or not trainer.optimizers:
             return
+        if not trainer.fast_dev_run and (trainer.global_step + 1) % trainer.log_every_n_steps:
+            return  # Lightning writes step metrics after steps (global_step + 1) % n == 0
         groups = trainer.optimizers[0].param_groups
         group = groups[0]
         pl_module.log("lr", float(group["lr"]), on_step=True, on_epoch=False)
