@@ -30,7 +30,8 @@ class LearningRateLogger(Callback):
     ) -> None:
         if trainer.global_step % self.every_n_steps or not trainer.optimizers:
             return
-        if not trainer.fast_dev_run and (trainer.global_step + 1) % trainer.log_every_n_steps:
+        every = trainer.log_every_n_steps  # 0: Lightning writes no step metrics
+        if not trainer.fast_dev_run and (every == 0 or (trainer.global_step + 1) % every):
             return  # Lightning writes step metrics after steps (global_step + 1) % n == 0
         groups = trainer.optimizers[0].param_groups
         group = groups[0]
