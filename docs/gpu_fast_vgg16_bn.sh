@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The speed issue's GPU check, sized for one device call (under 8 minutes on one H100):
-# VGG16-BN with the GPU fast paths on the CIFAR-10 copy, then the per-epoch curve.
+# The GPU fast path in one short run (not yet run on a GPU; see docs/benchmarks.md): VGG16-BN with
+# bf16, channels_last and the dataset on the device, then the per-epoch curve.
 #
 #   bash docs/gpu_fast_vgg16_bn.sh [DATA_ROOT]      # DATA_ROOT holds CIFAR-10 in any format
 #
-# On the lent GPU machine the shared copy does not travel: copy cifar10-jpeg.tar.gz into an
-# ignored folder (e.g. .device/data/) and carry it. Results go to outputs/gpu_fast/.
+# DATA_ROOT defaults to .device/data/ (an ignored folder: put a CIFAR-10 copy there on a
+# remote GPU machine). Results go to outputs/gpu_fast/.
 set -euo pipefail
 data_root=${1:-.device/data}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
