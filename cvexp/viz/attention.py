@@ -60,7 +60,7 @@ def attention_figure(
     for row, block in enumerate(blocks):
         maps = cls_to_patches(attentions[block][0, :, 0], size)  # (h, H, W)
         axes[row][0].imshow(picture)
-        axes[row][0].set_title(f"block {block}", fontsize=8)
+        axes[row][0].set_title(f"input; block {block}'s heads →", fontsize=7)
         for head in range(heads):
             axes[row][head + 1].imshow(picture)
             axes[row][head + 1].imshow(maps[head].cpu().numpy(), cmap="jet", alpha=0.5)

@@ -90,7 +90,7 @@ def plot_convergence(
     )
     fig.legend(
         [*handles, star],
-        [*labels, "best checkpoint (early stopping)"],
+        [*labels, "best checkpoint (the one tested)"],
         loc="lower center",
         ncol=min(4, len(labels) + 1),
         frameon=False,
