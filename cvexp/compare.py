@@ -30,7 +30,7 @@ from omegaconf.errors import OmegaConfBaseException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from cvexp.callbacks.run_summary import FINISHED
+from cvexp.callbacks.run_summary import FINISHED, recorded_best
 from cvexp.checkpoint import offline_net_config
 from cvexp.models.cost import count_macs_and_params
 from cvexp.runtime.errors import UserError
@@ -297,12 +297,9 @@ def ranking_metric(runs: list[Run]) -> tuple[str, str]:
 
 def run_best(run: Run, name: str, mode: str) -> float | None:
     """A run's best value of `name`: from its summary, else from its logged curve."""
-    optimized = run.summary.get("optimized_metric")
-    recorded = isinstance(optimized, dict) and optimized.get("name") == name
-    if recorded and optimized.get("best") is not None:
-        return float(optimized["best"])
-    if name == "val/acc" and run.summary.get("best_val_acc") is not None:
-        return float(run.summary["best_val_acc"])
+    best = recorded_best(run.summary, name)
+    if best is not None:
+        return best
     values = [v for _, v in run.curves.get(name, [])]
     return (max(values) if mode == "max" else min(values)) if values else None
 

@@ -57,7 +57,7 @@ class RunSummary(Callback):
         optimized: tuple[str, str] = ("val/acc", "max"),
     ) -> None:
         self.path = Path(run_dir) / "summary.json"
-        self.previous = _read_json(self.path)  # the run's record before this attempt, if resumed
+        self.previous = read_json(self.path)  # the run's record before this attempt, if resumed
         self.record: dict[str, Any] = {
             "status": "failed",
             "params": None,
@@ -318,11 +318,26 @@ def log_run_hparams(trainer: L.Trainer, hparams: dict[str, Any]) -> None:
             logger.log_hyperparams(hparams)
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON file's content, or None when it is missing or unreadable."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def recorded_best(summary: dict[str, Any], name: str) -> float | None:
+    """The best value of the metric `name` a run's summary.json records, or None.
+
+    `optimized_metric.best` when the run optimised `name`; `best_val_acc` for val/acc (also
+    in summaries written before optimized_metric existed).
+    """
+    optimized = summary.get("optimized_metric") or {}
+    if optimized.get("name") == name and optimized.get("best") is not None:
+        return float(optimized["best"])
+    if name == "val/acc" and summary.get("best_val_acc") is not None:
+        return float(summary["best_val_acc"])
+    return None
 
 
 def _number(value: Any) -> float | None:

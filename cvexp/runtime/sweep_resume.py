@@ -19,7 +19,6 @@ RunDirectory sets SKIP_COMPLETED_ENV for the sweep, so that the `record_subdir` 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from cvexp.callbacks.run_summary import FINISHED
+from cvexp.callbacks.run_summary import FINISHED, read_json, recorded_best
 from cvexp.runtime.run_dir import quoted
 
 SKIP_COMPLETED_ENV = "CVEXP_SKIP_COMPLETED"
@@ -37,10 +36,7 @@ RECORD_SUBDIR = ".hydra"
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
     """The run's summary.json, or None when it has none (or an unreadable one)."""
-    try:
-        return json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
+    return read_json(run_dir / "summary.json")
 
 
 def finished_summary(run_dir: Path) -> dict[str, Any] | None:
@@ -100,9 +96,5 @@ def continue_interrupted(cfg: DictConfig) -> str | None:
 
 def objective(summary: dict[str, Any], metric: str) -> float:
     """A run's result for a sweeper: the best value of `metric` it recorded (NaN if none)."""
-    optimized = summary.get("optimized_metric") or {}
-    if optimized.get("name") == metric and optimized.get("best") is not None:
-        return float(optimized["best"])
-    if metric == "val/acc" and summary.get("best_val_acc") is not None:  # older summaries
-        return float(summary["best_val_acc"])
-    return math.nan
+    best = recorded_best(summary, metric)
+    return math.nan if best is None else best
