@@ -19,12 +19,14 @@ import os
 import platform
 import shutil
 import sys
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import lightning
+import timm
 import torch
 
+import cvexp
 from cvexp.benchmarks import (
     conv_vs_attention,
     data_pipeline,
@@ -78,9 +80,10 @@ def machine(device: torch.device) -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "lightning": metadata.version("lightning"),
-        "timm": metadata.version("timm"),
-        "cvexp": metadata.version("cvexp"),
+        # the modules' own versions: a source checkout on PYTHONPATH has no installed metadata
+        "lightning": lightning.__version__,
+        "timm": timm.__version__,
+        "cvexp": cvexp.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 

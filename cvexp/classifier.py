@@ -15,6 +15,8 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from cvexp.runtime.trainer import writes_step_metrics
+
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
@@ -55,15 +57,20 @@ class ImageClassifier(L.LightningModule):
         self.net_config: dict[str, Any] | None = None
         self.planned_schedule: dict[str, Any] | None = None  # set by configure_optimizers
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
-        # no NaN check per update: it reads the value back (a GPU sync per step); the
-        # FiniteLossGuard callback checks training losses, and a NaN val loss shows as NaN
+        # No argument checks per update: torchmetrics counts the distinct labels with
+        # torch.unique, which waits for the GPU every step. Labels come from the DataModule,
+        # and the cross-entropy already fails on one out of range.
+        self.train_acc, self.val_acc, self.test_acc = (
+            MulticlassAccuracy(num_classes, average="micro", validate_args=False) for _ in range(3)
+        )
+        # No NaN check per update either: it reads the value back (a GPU sync per step); the
+        # FiniteLossGuard callback checks training losses, and a NaN val loss shows as NaN.
+        # Updated with the batch's mean loss once per image (see _loss_per_image), so the
+        # epoch value is the mean over images however the last batch is cut.
         self.train_loss, self.val_loss, self.test_loss = (
             MeanMetric(nan_strategy="disable") for _ in range(3)
         )
-        self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        self.test_confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # a resumed run keeps its best so far
 
@@ -83,9 +90,11 @@ class ImageClassifier(L.LightningModule):
         loss = self.criterion(logits, y)  # cross-entropy takes class indices or soft targets
         # update only: computed and logged once per epoch; a mixed image counts as its dominant class
         self.train_acc.update(logits, dominant_label(y))
-        self.train_loss.update(loss.detach(), weight=len(y))
-        # logger only: a step value in the progress bar is read back every step (a GPU sync)
-        self.log("train/loss", loss, on_step=True, on_epoch=False)
+        self.train_loss.update(_loss_per_image(loss.detach(), len(y)))
+        # at the logging steps only (values logged in other steps are never written), and to
+        # the logger only: a step value in the progress bar is read back every step (a GPU sync)
+        if self._trainer is not None and writes_step_metrics(self.trainer):
+            self.log("train/loss", loss, on_step=True, on_epoch=False)
         return loss
 
     def on_train_epoch_end(self) -> None:
@@ -98,7 +107,7 @@ class ImageClassifier(L.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
-        self.val_loss.update(self.criterion(logits, y), weight=len(y))
+        self.val_loss.update(_loss_per_image(self.criterion(logits, y), len(y)))
         self.val_acc.update(logits, y)
         self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
@@ -113,7 +122,7 @@ class ImageClassifier(L.LightningModule):
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
-        self.test_loss.update(self.criterion(logits, y), weight=len(y))
+        self.test_loss.update(_loss_per_image(self.criterion(logits, y), len(y)))
         self.test_acc.update(logits, y)
         self.test_confusion.update(logits, y)
         self.log("test/loss", self.test_loss, on_step=False, on_epoch=True)
@@ -193,6 +202,16 @@ class ImageClassifier(L.LightningModule):
             and len(states["cuda"]) == torch.cuda.device_count()
         ):
             torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _loss_per_image(mean_loss: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """A batch's mean loss as one value per image (a view, no copy), for MeanMetric.update.
+
+    Not `update(loss, weight=batch_size)`: with nan_strategy="disable", torchmetrics (1.9)
+    replaces the weight by ones, so a short last batch would count as much as a full one;
+    and a Python weight becomes a host-to-device copy that waits for the GPU every step.
+    """
+    return mean_loss.expand(batch_size)
 
 
 def dominant_label(targets: torch.Tensor) -> torch.Tensor:

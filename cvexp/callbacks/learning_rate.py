@@ -7,6 +7,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from cvexp.runtime.trainer import writes_step_metrics
+
 
 class LearningRateLogger(Callback):
     """Logs the learning rate, `lr` (and `momentum`), at the steps the Trainer writes to its
@@ -30,9 +32,8 @@ class LearningRateLogger(Callback):
     ) -> None:
         if trainer.global_step % self.every_n_steps or not trainer.optimizers:
             return
-        every = trainer.log_every_n_steps  # 0: Lightning writes no step metrics
-        if not trainer.fast_dev_run and (every == 0 or (trainer.global_step + 1) % every):
-            return  # Lightning writes step metrics after steps (global_step + 1) % n == 0
+        if not writes_step_metrics(trainer):
+            return
         groups = trainer.optimizers[0].param_groups
         group = groups[0]
         pl_module.log("lr", float(group["lr"]), on_step=True, on_epoch=False)

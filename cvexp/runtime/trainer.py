@@ -35,3 +35,16 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[Callback] | None = None
             "trainer.sync_batchnorm=true needs GPUs; pass trainer.sync_batchnorm=false on CPU."
         )
     return trainer
+
+
+def writes_step_metrics(trainer: L.Trainer) -> bool:
+    """Whether the Trainer writes step metrics to its loggers after the current training step.
+
+    Lightning writes them after steps where (global_step + 1) % log_every_n_steps == 0 (every
+    step under fast_dev_run; never when log_every_n_steps is 0) and drops the step values
+    logged in other steps, so logging them there only costs host time.
+    """
+    every = trainer.log_every_n_steps
+    if trainer.fast_dev_run:
+        return True
+    return every > 0 and (trainer.global_step + 1) % every == 0
