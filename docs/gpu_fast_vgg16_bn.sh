@@ -5,13 +5,17 @@
 #   bash docs/gpu_fast_vgg16_bn.sh [DATA_ROOT]      # DATA_ROOT holds CIFAR-10 in any format
 #
 # DATA_ROOT defaults to .device/data/ (an ignored folder: put a CIFAR-10 copy there on a
-# remote GPU machine). Results go to outputs/gpu_fast/.
+# remote GPU machine). Results go to outputs/gpu_fast/. EXTRA_OVERRIDES is appended to the
+# training command; PYTHON names the interpreter (default python3).
 set -euo pipefail
 data_root=${1:-.device/data}
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-python -m cvexp.train experiment=vgg16_bn_gpu_fast "data.root=$data_root" \
-  hydra.run.dir=outputs/gpu_fast trainer.enable_progress_bar=false callbacks.progress_bar=null
-python - <<'PY'
+python=${PYTHON:-python3}
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+# shellcheck disable=SC2086
+$python -m cvexp.train experiment=vgg16_bn_gpu_fast "data.root=$data_root" \
+  hydra.run.dir=outputs/gpu_fast trainer.enable_progress_bar=false callbacks.progress_bar=null \
+  ${EXTRA_OVERRIDES:-}
+$python - <<'PY'
 import json
 from pathlib import Path
 
