@@ -25,6 +25,8 @@ extra=${EXTRA_OVERRIDES:-}
 mkdir -p "$out"
 exec > >(tee -a "$out/log.txt") 2>&1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# conf/ is the package cvexp.conf once installed; in a bare source checkout, link it there
+python3 -c "import cvexp.conf" 2>/dev/null || ln -sfn ../conf cvexp/conf
 left() { echo $((budget - SECONDS)); }
 section() { echo; echo "=== [$SECONDS s] $*"; }
 
