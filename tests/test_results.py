@@ -53,3 +53,20 @@ def test_committed_results_name_the_configurations_of_their_preset(sweep: str, f
     for row in rows:
         assert float(row["test_acc_mean"]) > 0.1  # better than chance: real, finished runs
         assert int(row["n"]) >= 1
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_cnn_presets_train_in_bf16_only_where_the_cpu_computes_it(
+    native_bf16: bool, monkeypatch, tmp_path: Path
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native_bf16)
+    expected = "bf16-mixed" if native_bf16 else "32-true"
+    for experiment in ["small_vgg16", "small_vgg16_bn_same_lr", "small_vgg16_bn"]:
+        cfg = compose_config("train", [f"experiment={experiment}"], tmp_path / experiment)
+        assert cfg.trainer.precision == expected
+    # bf16 did not speed the ViT up on a CPU: it stays in float32 either way
+    cfg = compose_config("train", ["experiment=small_vit"], tmp_path / "small_vit")
+    assert cfg.trainer.precision == "32-true"
+    GlobalHydra.instance().clear()
