@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU fast path in one short run (not yet run on a GPU; see docs/benchmarks.md): VGG16-BN with
-# bf16, channels_last and the dataset on the device, then the per-epoch curve.
+# The GPU fast path in one short run (measured on one H200: see docs/benchmarks.md): VGG16-BN
+# with bf16, channels_last and the dataset on the device, then the per-epoch curve.
 #
 #   bash docs/gpu_fast_vgg16_bn.sh [DATA_ROOT]      # DATA_ROOT holds CIFAR-10 in any format
 #

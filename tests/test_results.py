@@ -64,8 +64,12 @@ def test_cnn_presets_train_in_bf16_only_where_the_cpu_computes_it(
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native_bf16)
     expected = "bf16-mixed" if native_bf16 else "32-true"
     for experiment in ["small_vgg16", "small_vgg16_bn_same_lr", "small_vgg16_bn"]:
-        cfg = compose_config("train", [f"experiment={experiment}"], tmp_path / experiment)
+        overrides = [f"experiment={experiment}", "trainer.accelerator=cpu"]
+        cfg = compose_config("train", overrides, tmp_path / experiment)
         assert cfg.trainer.precision == expected
+    # on a GPU they follow trainer=gpu's bf16, whatever the CPU
+    cfg = compose_config("train", ["experiment=small_vgg16", "trainer=gpu"], tmp_path / "gpu")
+    assert cfg.trainer.precision == "bf16-mixed"
     # bf16 did not speed the ViT up on a CPU: it stays in float32 either way
     cfg = compose_config("train", ["experiment=small_vit"], tmp_path / "small_vit")
     assert cfg.trainer.precision == "32-true"

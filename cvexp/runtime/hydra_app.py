@@ -44,14 +44,18 @@ def checkpoint_name(ckpt_path: str | None) -> str:
     return path_safe(f"{run}_{path.stem}" if run else path.stem)
 
 
-def fast_cpu_precision() -> str:
-    """`bf16-mixed` where the CPU computes bf16 natively (AVX512-BF16 or AMX), else `32-true`.
+def fast_precision(accelerator: str = "auto") -> str:
+    """The precision of the CPU presets for `trainer.accelerator`: on a GPU `bf16-mixed`, as
+    trainer=gpu; on a CPU `bf16-mixed` only where it computes bf16 natively (AVX512-BF16 or
+    AMX), else `32-true`.
 
     On such a CPU bf16 autocast trains the quarter-width VGG16 about 1.5 times faster (see
     docs/benchmarks.md); elsewhere (most laptops) bf16 is emulated and slower than float32.
     """
     import torch
 
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return "bf16-mixed"
     try:
         native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a torch without oneDNN's check
@@ -68,7 +72,7 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
     OmegaConf.register_new_resolver("data_root", default_data_root, replace=True)
     OmegaConf.register_new_resolver("checkpoint_name", checkpoint_name, replace=True)
-    OmegaConf.register_new_resolver("fast_cpu_precision", fast_cpu_precision, replace=True)
+    OmegaConf.register_new_resolver("fast_precision", fast_precision, replace=True)
     register_logger_resolvers()
     OmegaConf.register_new_resolver("key_help", resolve_key_help, replace=True)
 
