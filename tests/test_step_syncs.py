@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from cvexp.runtime.trainer import build_trainer
 from cvexp.train import train
 
 SYNCING_METHODS = [
@@ -66,6 +67,19 @@ class SyncCounter(Callback):
         self.active = False
 
 
+def add_first_callback(monkeypatch, callback: Callback) -> None:
+    """Make train() run `callback` first of all callbacks, so that the step it records is set
+    before any other callback's on_train_batch_start (the learning-rate logger logs there)."""
+    build = build_trainer
+
+    def build_with_callback_first(cfg, extra):
+        trainer = build(cfg, extra)
+        trainer.callbacks.insert(0, callback)
+        return trainer
+
+    monkeypatch.setattr("cvexp.train.build_trainer", build_with_callback_first)
+
+
 @pytest.fixture
 def sync_counter(monkeypatch) -> SyncCounter:
     counter = SyncCounter()
@@ -109,18 +123,7 @@ def test_training_steps_read_nothing_back_between_logging_steps(
         "callbacks.feature_maps=null",
         "data.val_size=40",
     )
-    from cvexp.runtime import trainer as trainer_module
-
-    build = trainer_module.build_trainer
-
-    def build_with_counter_first(cfg, extra):
-        # first of all callbacks, so that the step it records is set before any other
-        # callback's on_train_batch_start (the learning-rate logger logs there)
-        trainer = build(cfg, extra)
-        trainer.callbacks.insert(0, sync_counter)
-        return trainer
-
-    monkeypatch.setattr("cvexp.train.build_trainer", build_with_counter_first)
+    add_first_callback(monkeypatch, sync_counter)
     summary = train(cfg)
     assert summary["status"] == "completed"
     assert sync_counter.step == steps - 1  # every step ran with the counter
@@ -188,16 +191,7 @@ def test_no_cuda_sync_between_logging_steps(compose_train, monkeypatch, on_devic
     )
     allowed = {s for s in range(steps) if (s + 1) % log_every == 0}
     guard = CudaSyncGuard(allowed)
-    from cvexp.runtime import trainer as trainer_module
-
-    build = trainer_module.build_trainer
-
-    def build_with_guard_first(cfg, extra):
-        trainer = build(cfg, extra)
-        trainer.callbacks.insert(0, guard)
-        return trainer
-
-    monkeypatch.setattr("cvexp.train.build_trainer", build_with_guard_first)
+    add_first_callback(monkeypatch, guard)
     try:
         summary = train(cfg)
     finally:
