@@ -24,7 +24,8 @@ from cvexp.models.worked_attention import (
     check_options,
     worked_attention,
 )
-from cvexp.runtime.errors import UserError, exit_on_user_error
+from cvexp.errors import UserError
+from cvexp.runtime.exit import exit_on_user_error
 from cvexp.runtime.hydra_app import CONFIG_PATH, VERSION_BASE, register_resolvers
 from cvexp.viz.figures import save_figure
 from cvexp.viz.positional import (

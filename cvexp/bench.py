@@ -37,7 +37,7 @@ from cvexp.benchmarks import (
 from cvexp.benchmarks.synthetic import write_synthetic_cifar
 from cvexp.data import CIFAR10DataModule
 from cvexp.data.formats import find_source
-from cvexp.runtime.errors import UserError
+from cvexp.errors import UserError
 from cvexp.viz.tables import markdown_table
 
 # The speed goals, for a 2-core CPU machine; `ratio` is always ours / baseline.

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from cvexp.classifier import ImageClassifier
-from cvexp.runtime.errors import UserError
+from cvexp.errors import UserError
 
 
 def read_checkpoint(path: str | Path, *, trust: bool = False) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from torch import nn
 from cvexp.callbacks.run_summary import FINISHED, recorded_best
 from cvexp.checkpoint import offline_net_config
 from cvexp.models.cost import count_macs_and_params
-from cvexp.runtime.errors import UserError
+from cvexp.errors import UserError
 from cvexp.runtime.run_dir import claim_fresh_dir
 from cvexp.viz.curves import Curves, plot_convergence
 from cvexp.viz.tables import markdown_table

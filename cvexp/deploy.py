@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cvexp.runtime.errors import UserError
+from cvexp.errors import UserError
 
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
 # the largest |logit difference| that still passes the parity check

@@ -16,7 +16,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 from cvexp.checkpoint import load_classifier
 from cvexp.data.formats import CLASSES
-from cvexp.runtime.errors import UserError, exit_on_user_error
+from cvexp.errors import UserError
+from cvexp.runtime.exit import exit_on_user_error
 from cvexp.runtime.hydra_app import CONFIG_PATH, VERSION_BASE, register_resolvers
 from cvexp.viz.confusion import confusion_matrix_figure, plot_confusion_matrix
 

@@ -30,7 +30,8 @@ from cvexp.deploy import (
     parity,
     require,
 )
-from cvexp.runtime.errors import UserError, exit_on_user_error
+from cvexp.errors import UserError
+from cvexp.runtime.exit import exit_on_user_error
 from cvexp.runtime.hydra_app import CONFIG_PATH, VERSION_BASE, register_resolvers
 
 

@@ -26,7 +26,8 @@ from cvexp.data.image_files import (
     find_images,
     read_images,
 )
-from cvexp.runtime.errors import UserError, exit_on_user_error
+from cvexp.errors import UserError
+from cvexp.runtime.exit import exit_on_user_error
 from cvexp.runtime.hydra_app import CONFIG_PATH, VERSION_BASE, register_resolvers
 from cvexp.viz.figures import save_figure
 from cvexp.viz.predictions import labelled_grid_figure

@@ -19,7 +19,8 @@ from cvexp.callbacks import InterruptCheckpoint, RunSummary
 from cvexp.checkpoint import check_checkpoint_fits, load_net_weights, read_checkpoint
 from cvexp.classifier import build_classifier
 from cvexp.runtime.ddp import ddp_relaunch_in_place
-from cvexp.runtime.errors import UserError, exit_on_user_error
+from cvexp.errors import UserError
+from cvexp.runtime.exit import exit_on_user_error
 from cvexp.runtime.hydra_app import (
     CONFIG_PATH,
     VERSION_BASE,

@@ -17,7 +17,8 @@ from omegaconf import DictConfig
 from cvexp.checkpoint import load_classifier
 from cvexp.data import CLASSES, CIFAR10DataModule
 from cvexp.data.image_files import IMAGE_SIZE, UnreadableImage, read_image_with_size
-from cvexp.runtime.errors import UserError, exit_on_user_error
+from cvexp.errors import UserError
+from cvexp.runtime.exit import exit_on_user_error
 from cvexp.runtime.hydra_app import CONFIG_PATH, VERSION_BASE, register_resolvers
 from cvexp.viz.figures import predictions_figure, save_figure
 from cvexp.viz.network import network_figures

@@ -24,7 +24,7 @@ from cvexp.attention import (
 )
 from cvexp.models.vit import VisionTransformer, explicit_attention, sinusoidal_table
 from cvexp.models.worked_attention import worked_attention
-from cvexp.runtime.errors import UserError
+from cvexp.errors import UserError
 from cvexp.runtime.hydra_app import compose_config
 from cvexp.viz.positional import (
     cosine_similarity_matrix,

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from cvexp.checkpoint import read_checkpoint
-from cvexp.runtime.errors import UserError
+from cvexp.errors import UserError
 from tests.conftest import (
     CLI_TINY,
     TinyCifar,

@@ -14,7 +14,7 @@ from cvexp.data import CIFAR10DataModule
 from cvexp.data.augment import augment_batch, random_crop_flip, to_float_chw
 from cvexp.data.datamodule import ShardedBatchSampler, stratified_split
 from cvexp.data.formats import CLASSES, find_source, read_source
-from cvexp.runtime.errors import UserError
+from cvexp.errors import UserError
 from tests.conftest import (
     TEST_PER_CLASS,
     TRAIN_PER_CLASS,

@@ -14,7 +14,7 @@ import cvexp.export as export_module
 from cvexp.checkpoint import load_classifier
 from cvexp.deploy import load_torchscript, require
 from cvexp.export import export
-from cvexp.runtime.errors import UserError
+from cvexp.errors import UserError
 from cvexp.runtime.hydra_app import compose_config
 from tests.conftest import run_cli
 from tests.tiny_checkpoint import write_tiny_checkpoint

@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from cvexp.compare import compare
 from cvexp.loggers.csv_file import CSVLogger
-from cvexp.runtime.errors import UserError
+from cvexp.errors import UserError
 from cvexp.train import train
 
 HAS_MLFLOW = importlib.util.find_spec("mlflow") is not None

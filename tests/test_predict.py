@@ -22,7 +22,7 @@ from cvexp.data.image_files import (
     read_images,
 )
 from cvexp.predict import predict
-from cvexp.runtime.errors import UserError
+from cvexp.errors import UserError
 from cvexp.runtime.hydra_app import compose_config
 from tests.conftest import assert_one_clear_error, run_cli
 from tests.tiny_checkpoint import write_tiny_checkpoint

@@ -22,7 +22,7 @@ from cvexp.data import CIFAR10DataModule
 from cvexp.data.augment import to_float_chw
 from cvexp.models.normalize import CIFAR10_MEAN
 from cvexp.models.vgg import VGG
-from cvexp.runtime.errors import user_error_message
+from cvexp.errors import user_error_message
 from cvexp.train import train
 
 PROBE = ["+callbacks.probe._target_=tests.test_regularisation.Probe"]

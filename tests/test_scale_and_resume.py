@@ -19,7 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from cvexp.checkpoint import AtomicCheckpointIO, load_classifier
 from cvexp.data import CIFAR10DataModule
 from cvexp.runtime import trainer as trainer_module
-from cvexp.runtime.errors import UserError
+from cvexp.errors import UserError
 from cvexp.train import train
 from tests.conftest import BIN, CLI_TINY, run_cli, write_batches_dir
 from tests.test_bad_inputs import EXPLODING_LR

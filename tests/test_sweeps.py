@@ -14,7 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
 from cvexp.compare import compare
-from cvexp.runtime.errors import UserError
+from cvexp.errors import UserError
 from tests.conftest import CLI_TINY, run_cli, snapshot, write_batches_dir
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

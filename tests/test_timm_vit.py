@@ -18,7 +18,7 @@ from omegaconf import open_dict
 from cvexp.classifier import ImageClassifier
 from cvexp.evaluate import evaluate
 from cvexp.models.timm_vit import TimmClassifier
-from cvexp.runtime.errors import UserError
+from cvexp.errors import UserError
 from cvexp.train import train
 
 NAME = "vit_tiny_patch16_224"

@@ -184,7 +184,7 @@ def test_speed_options_train_and_keep_checkpoints_portable(compose_train, tmp_pa
 def test_compile_keeps_parameter_names_and_on_device_needs_no_workers(data_root: Path) -> None:
     from cvexp.classifier import prepare_net
     from cvexp.models.vgg import VGG
-    from cvexp.runtime.errors import UserError
+    from cvexp.errors import UserError
 
     names = list(VGG(depth=11).state_dict())
     assert list(prepare_net(VGG(depth=11), compile=True).state_dict()) == names

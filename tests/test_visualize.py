@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from cvexp.models.intermediates import take_indices
 from cvexp.models.vgg import VGG
 from cvexp.models.vit import VisionTransformer
-from cvexp.runtime.errors import UserError
+from cvexp.errors import UserError
 from cvexp.train import train
 from cvexp.visualize import visualize
 from cvexp.viz.attention import attention_figure, attention_rollout

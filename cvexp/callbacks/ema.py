@@ -9,7 +9,7 @@ import lightning as L
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
 
-from cvexp.runtime.errors import UserError
+from cvexp.errors import UserError
 
 
 class WeightEMA(EMAWeightAveraging):

@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from cvexp.runtime.errors import UserError
+from cvexp.errors import UserError
 
 
 class FiniteLossGuard(Callback):

@@ -18,7 +18,7 @@ from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 import cvexp
-from cvexp.runtime.errors import UserError, user_error_message
+from cvexp.errors import UserError, user_error_message
 
 # time_limit: stopped by trainer.max_time before max_epochs (the best checkpoint is still tested)
 FINISHED = ("completed", "stopped_early", "time_limit")

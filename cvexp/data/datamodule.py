@@ -18,7 +18,7 @@ from cvexp.data.augment import AUTO_AUGMENT_POLICIES, augment_batch, to_float_ch
 from cvexp.data.download import OFFICIAL_URL, download_official
 from cvexp.data.formats import CLASSES, Cifar10Tensors, Source, find_source, read_source
 from cvexp.data.mixing import BatchMixer
-from cvexp.runtime.errors import UserError
+from cvexp.errors import UserError
 
 OFFICIAL_TRAIN_SIZE = 50_000
 CACHE_DIR = ".cvexp_cache"

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from cvexp.runtime.errors import UserError
+from cvexp.errors import UserError
 
 CLASSES: tuple[str, ...] = (
     "airplane",

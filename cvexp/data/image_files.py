@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from cvexp.runtime.errors import UserError
+from cvexp.errors import UserError
 
 IMAGE_SIZE = 32
 # suffixes searched for in folders (a file named explicitly is read whatever its suffix)

@@ -20,7 +20,7 @@ from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 from torch import nn
 
 from cvexp.models.normalize import Normalize
-from cvexp.runtime.errors import UserError
+from cvexp.errors import UserError
 
 Finetune = Literal["full", "linear_probe"]
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")

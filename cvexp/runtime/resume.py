@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from cvexp.runtime.errors import UserError
+from cvexp.errors import UserError
 from cvexp.runtime.outside_launch import outside_launch
 from cvexp.runtime.run_dir import RESUME_ENV, quoted
 

@@ -19,7 +19,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
 
-from cvexp.runtime.errors import UserError
+from cvexp.errors import UserError
 from cvexp.runtime.outside_launch import outside_launch
 from cvexp.runtime.shared_run_dir import agree_on_run_dir
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from cvexp.runtime.errors import UserError
+from cvexp.errors import UserError
 
 
 def _get(cfg: DictConfig, key: str) -> Any:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict, read_write
 
-from cvexp.runtime.errors import UserError
+from cvexp.errors import UserError
 from cvexp.runtime.outside_launch import OutsideLaunch, slurm_restart_count
 
 LAUNCH_RECORD = Path(".hydra") / "launch.json"

@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
 
-from cvexp.runtime.errors import UserError
+from cvexp.errors import UserError
 
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:
