@@ -13,28 +13,26 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import cvexp.models.worked_attention as worked_module
-from cvexp.attention import (
-    attention_example,
-    checkpoint_positions,
-    format_matrix,
-    quote_override_value,
-    report,
-    sentence_argv,
-)
-from cvexp.models.vit import VisionTransformer, explicit_attention, sinusoidal_table
-from cvexp.models.worked_attention import worked_attention
+import cvexp.lecture.worked_attention as worked_module
+from cvexp.cli.attention import example_from_config, hydra_arguments, quote_value
 from cvexp.errors import UserError
-from cvexp.runtime.hydra_app import compose_config
-from cvexp.viz.positional import (
-    cosine_similarity_matrix,
+from cvexp.lecture.attention_example import attention_example
+from cvexp.lecture.attention_figure import worked_attention_figure
+from cvexp.lecture.position_embeddings import (
+    checkpoint_positions,
     patch_position_embeddings,
-    position_similarity_figure,
-    sinusoidal_encoding_figure,
     sinusoidal_patch_table,
 )
+from cvexp.lecture.positional_figures import (
+    cosine_similarity_matrix,
+    position_similarity_figure,
+    sinusoidal_encoding_figure,
+)
+from cvexp.lecture.report import format_matrix, report
+from cvexp.lecture.worked_attention import worked_attention
+from cvexp.models.vit import VisionTransformer, explicit_attention, sinusoidal_table
+from cvexp.runtime.config import compose_config
 from cvexp.viz.vit_pipeline import patch_vectors, vit_pipeline_figure
-from cvexp.viz.worked_attention import worked_attention_figure
 
 try:  # the classifier module's new name, and its old one
     from cvexp.classifier import ImageClassifier
@@ -257,24 +255,36 @@ def test_matrices_are_aligned_and_labelled() -> None:
 def test_bare_sentences_reach_the_config_as_typed(sentence: str) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    args = sentence_argv([sentence, "-m", "dim=10"]) if sentence else ["-m", *sentence_argv([""])]
-    assert args[0] == "-m"
+    args = hydra_arguments(["-m", sentence, "dim=10"])
+    assert args[0] == "-m" and args[2] == "dim=10"
     override = OverridesParser.create().parse_override(args[1])
     assert override.key_or_group == "sentence"
     assert OmegaConf.create({"s": override.value()}).s == sentence
-    assert quote_override_value(sentence) in args[1]
+    assert args[1] == "sentence=" + quote_value(sentence)
 
 
-def test_argv_keeps_overrides_and_flags() -> None:
-    assert sentence_argv(["dim=10", "mask=causal"]) == ["dim=10", "mask=causal"]
-    assert sentence_argv(["This", "is", "dk=2"]) == ["sentence='This is'", "dk=2"]
-    assert sentence_argv(["a b", "-m", "dim=4,6"]) == ["-m", "sentence='a b'", "dim=4,6"]
-    assert sentence_argv(["--cfg", "job", "hi there"]) == ["--cfg", "job", "sentence='hi there'"]
-    assert sentence_argv(["sentence=Hello, world"]) == ["sentence='Hello, world'"]
-    assert sentence_argv(["sentence='kept'"]) == ["sentence='kept'"]
-    assert sentence_argv(["x = 1 is a sentence"])[0] == "sentence='x = 1 is a sentence'"
+def test_which_argument_is_the_sentence() -> None:
+    """No '=', or whitespace before a '=' that does not follow a config key: the sentence."""
+    kept = ["dim=10", "mask=causal", "out=my figures", "ckpt_path=/a b/c.ckpt", "+e=1"]
+    kept += ["positional.grid=4", "hydra.run.dir=runs/a b", "hydra/launcher=basic", "paths=default"]
+    assert hydra_arguments(kept) == kept  # overrides, left to Hydra
+    for sentence in ("E=mc2 is famous", "x = 1 is a sentence", "Hello", "dim = 10"):
+        assert hydra_arguments([sentence, "dim=4"]) == [f"sentence='{sentence}'", "dim=4"]
+    assert hydra_arguments(["-m", "a b", "dim=4,6"]) == ["-m", "sentence='a b'", "dim=4,6"]
+    assert hydra_arguments(["--cfg", "job", "job"]) == ["--cfg", "job", "sentence='job'"]
+    assert hydra_arguments(["--cfg", "job"]) == ["--cfg", "job"]  # a flag's value is not one
+    assert hydra_arguments(["-sc", "query=bash"]) == ["-sc", "query=bash"]  # tab completion
+    assert hydra_arguments(["sentence=Hello, world"]) == ["sentence='Hello, world'"]
+    assert hydra_arguments(["sentence='kept'"]) == ["sentence='kept'"]
     with pytest.raises(UserError, match="given twice"):
-        sentence_argv(["hello", "sentence=world"])
+        hydra_arguments(["hello", "sentence=world"])
+    with pytest.raises(UserError, match=r"E=mc2 sets E, which is not a key .* sentence='E=mc2'\."):
+        hydra_arguments(["E=mc2"])  # a one-word sentence with '=': sentence=E=mc2
+    assert hydra_arguments(["sentence=E=mc2"]) == ["sentence='E=mc2'"]
+    with pytest.raises(
+        UserError, match=r'in quotes as one argument, e\.g\. cvexp-attention "This is"'
+    ):
+        hydra_arguments(["This", "is", "dk=2"])
 
 
 def test_console_script_prints_the_steps_and_writes_the_figures(tmp_path: Path) -> None:
@@ -319,11 +329,75 @@ def test_console_script_takes_sentence_as_a_key(tmp_path: Path) -> None:
     assert list(tmp_path.glob("outputs/attention/*/*/attention.png"))  # out=null: the run dir
 
 
+def test_a_sentence_with_equals_and_spaces_is_the_sentence(tmp_path: Path) -> None:
+    """Issue 26: "E=mc2 is famous" was taken for an override of a key E, and refused."""
+    result = run_attention("E=mc2 is famous", "dim=4", "out=figs", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert 'on "E=mc2 is famous"' in result.stdout and "E=mc2 -> 0" in result.stdout
+    assert (tmp_path / "figs" / "attention.png").is_file()
+
+
+def test_a_folder_that_holds_figures_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    """Issue 26: out=DIR overwrote the figures already in DIR."""
+    figs = tmp_path / "figs"
+    figs.mkdir()
+    (figs / "attention.png").write_bytes(b"the lecturer's own figure")
+    (figs / "notes.txt").write_text("kept")
+    before = {p.name: p.read_bytes() for p in figs.iterdir()}
+    result = run_attention(LECTURE, "dim=10", "dk=2", "mask=causal", "out=figs", cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "figs already holds figures (attention.png)" in result.stderr
+    assert "pass another folder, e.g. out=figs-1." in result.stderr
+    assert "Self-attention" not in result.stdout  # refused before anything is printed
+    assert {p.name: p.read_bytes() for p in figs.iterdir()} == before
+    assert not (tmp_path / "figs-1").exists()
+
+
+def test_the_library_refuses_a_folder_with_figures_and_names_a_free_one(tmp_path: Path) -> None:
+    for folder in ("figs", "figs-1"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "loss.png").write_bytes(b"png")
+    with pytest.raises(UserError, match=r"pass another folder, e\.g\. out=.*figs-2\."):
+        attention_example(LECTURE, out=tmp_path / "figs")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        attention_example(LECTURE, out=tmp_path / "file")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "notes.txt").write_text("no figures here")
+    result = attention_example(LECTURE, out=tmp_path / "data", dim=4)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [
+        "attention.png",
+        "notes.txt",
+        "position_similarity_sinusoidal.png",
+        "positional_encoding.png",
+    ]
+    assert result["report"] == report(result["steps"])
+
+
+def test_help_starts_without_torch(tmp_path: Path) -> None:
+    """The command's module imports torch only when it runs the example."""
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('torch' in sys.modules, file=sys.stderr))\n"
+        "sys.argv = ['cvexp-attention', '--help']\n"
+        "from cvexp.cli.attention import main\n"
+        "main()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("cvexp-attention: ") and result.stderr.strip() == "False"
+
+
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
         (["", "out=x"], "sentence is empty"),
         (["hello", "sentence=world"], "given twice"),
+        (["This", "is", "dk=2"], 'e.g. cvexp-attention "This is"'),
+        (["heads=2", "mask=causal", "head=2"], "head=2 sets head, which is not a key"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path: Path, args: list[str], fragment: str) -> None:
@@ -348,7 +422,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path: Path, args: list[str], fragme
 def test_bad_options_are_user_errors(tmp_path: Path, overrides: list[str], fragment: str) -> None:
     cfg = compose_config("attention", [*overrides, "out=x"], tmp_path)
     with pytest.raises(UserError, match=fragment):
-        attention_example(cfg)
+        example_from_config(cfg)
     assert not (tmp_path / "x").exists()
 
 
@@ -432,7 +506,7 @@ def test_position_similarity_of_a_checkpoint(tmp_path: Path, capsys) -> None:
     table, grid = checkpoint_positions(str(learned), trust=False)
     assert grid == 8 and torch.equal(table, vit.pos_embed[0, 1:].detach())  # patches only
     overrides = ["sentence='Hi there'", "dim=4", f"ckpt_path={learned}", f"out={tmp_path / 'figs'}"]
-    paths = attention_example(compose_config("attention", overrides, tmp_path))["paths"]
+    paths = example_from_config(compose_config("attention", overrides, tmp_path))["paths"]
     assert (
         paths["similarity_checkpoint"] == tmp_path / "figs" / "position_similarity_checkpoint.png"
     )

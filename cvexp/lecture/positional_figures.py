@@ -1,4 +1,5 @@
-"""Positional encodings: the sinusoidal table, and how similar each position's vector is to the others'.
+"""Figures of positional encodings: the sinusoidal table, and how similar each position's vector is
+to the others'.
 
 The similarity grid follows figure 7 of the ViT paper (Dosovitskiy et al. 2021): for a
 G x G patch grid, one small G x G map per patch, showing the cosine similarity of that
@@ -12,9 +13,8 @@ import math
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from torch import nn
 
-from cvexp.models.vit import VisionTransformer, sinusoidal_table
+from cvexp.models.vit import sinusoidal_table
 
 
 def sinusoidal_encoding_figure(num_positions: int = 64, dim: int = 128) -> plt.Figure:
@@ -86,36 +86,3 @@ def position_similarity_figure(table: torch.Tensor, grid: int, *, title: str) ->
     )
     fig.tight_layout()
     return fig
-
-
-def sinusoidal_patch_table(grid: int, dim: int) -> torch.Tensor:
-    """The scratch ViT's sinusoidal table for a G x G patch grid, patches only: (G*G, D).
-
-    Row 0 of the ViT's table is the class token, so the patches are rows 1..G*G.
-    """
-    return sinusoidal_table(1 + grid * grid, dim)[1:]
-
-
-def patch_position_embeddings(net: nn.Module) -> tuple[torch.Tensor, int] | None:
-    """A ViT's position embeddings of its patches, (G*G, D), and the grid side G; None if it has none.
-
-    Reads cvexp's scratch VisionTransformer (class token at position 0) and a timm ViT inside
-    cvexp's TimmClassifier (prefix tokens skipped). Raises TypeError for a network without them.
-    """
-    if isinstance(net, VisionTransformer):
-        if net.pos_embed is None:
-            return None
-        return net.pos_embed.detach()[0, 1:].float().cpu(), net.patch_embed.grid  # (N, D)
-    model = getattr(net, "model", None)
-    pos_embed = getattr(model, "pos_embed", None)
-    grid_size = getattr(getattr(model, "patch_embed", None), "grid_size", None)
-    if isinstance(pos_embed, torch.Tensor) and grid_size is not None:
-        if grid_size[0] != grid_size[1]:
-            raise TypeError(f"the patch grid {tuple(grid_size)} is not square")
-        table = pos_embed.detach()[0].float().cpu()  # (prefix + N, D) or (N, D)
-        if not getattr(model, "no_embed_class", False):
-            table = table[getattr(model, "num_prefix_tokens", 1) :]
-        return table, int(grid_size[0])
-    if hasattr(model, "pos_embed"):  # a timm ViT built without position embeddings
-        return None
-    raise TypeError(f"{type(net).__name__} is not a Vision Transformer")

@@ -1,4 +1,4 @@
-"""The course's worked self-attention example on one sentence, step by step, in plain torch.
+"""The lecture's worked self-attention example on one sentence, step by step, in plain torch.
 
 The steps, as the lecture labels them (T words, V distinct words, d = dim):
 

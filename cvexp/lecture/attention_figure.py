@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from matplotlib.axes import Axes
 
-from cvexp.models.worked_attention import WorkedAttention
+from cvexp.lecture.worked_attention import WorkedAttention
 
 MAX_HEADS_DRAWN = 4
 MAX_ANNOTATED = 16  # write the numbers into the cells up to this many rows and columns
