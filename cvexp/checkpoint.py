@@ -242,3 +242,32 @@ def load_net_weights(
             f"init_from: {len(missing)} tensors kept their fresh initialisation: {', '.join(missing)}"
         )
     return {"path": str(Path(path).expanduser().resolve()), "initialised_fresh": missing}
+
+
+def completed_epochs(checkpoint: dict) -> int:
+    """How many epochs a Lightning checkpoint's fit had completed.
+
+    A checkpoint saved at an epoch's validation end (as last.ckpt is, every epoch) has all of
+    that epoch's training batches done but the epoch not yet counted as completed: it counts.
+    """
+    try:
+        fit_loop = checkpoint["loops"]["fit_loop"]
+        progress = fit_loop["epoch_progress"]["current"]
+        done = int(progress["completed"])
+        if int(progress["started"]) > done and fit_loop["epoch_loop.batch_progress"].get(
+            "is_last_batch"
+        ):
+            done += 1
+        return done
+    except (KeyError, TypeError, AttributeError):
+        return int(checkpoint.get("epoch", 0))
+
+
+def check_train_on(checkpoint: dict, max_epochs: int | None) -> None:
+    """Continuing a fit needs `trainer.max_epochs` at least the epochs the checkpoint completed."""
+    done = completed_epochs(checkpoint)
+    if max_epochs is not None and 0 <= max_epochs < done:
+        raise UserError(
+            f"The checkpoint has completed {done} epochs, more than trainer.max_epochs={max_epochs}; "
+            f"pass trainer.max_epochs={done + 10} (or any number of epochs above {done}) to train on."
+        )

@@ -22,7 +22,7 @@ from PIL import Image
 
 from cvexp.benchmarks.synthetic import write_batch_file
 from cvexp.data.formats import CLASSES
-from cvexp.runtime.hydra_app import compose_config, register_resolvers
+from cvexp.runtime.config import compose_config, register_resolvers
 
 TRAIN_PER_CLASS = 24
 TEST_PER_CLASS = 6

@@ -10,7 +10,8 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from cvexp.runtime.hydra_app import VERSION_BASE, register_resolvers
+from cvexp.runtime.config import register_resolvers
+from cvexp.runtime.hydra_app import VERSION_BASE
 from cvexp.runtime.key_help import (
     CONF_DIR,
     default_text,

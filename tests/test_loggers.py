@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cvexp.compare import compare
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cvexp.compare import compare
-from cvexp.loggers.csv_file import CSVLogger
 from cvexp.errors import UserError
-from cvexp.train import train
+from cvexp.loggers.csv_file import CSVLogger
+from cvexp.training import train
 
 HAS_MLFLOW = importlib.util.find_spec("mlflow") is not None
 HAS_WANDB = importlib.util.find_spec("wandb") is not None

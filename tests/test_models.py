@@ -11,7 +11,7 @@ from torch import nn
 
 from cvexp.classifier import build_classifier
 from cvexp.models.vgg import VGG
-from cvexp.runtime.hydra_app import compose_config
+from cvexp.runtime.config import compose_config
 
 
 @pytest.mark.parametrize("batch_norm", [True, False], ids=["vgg16_bn", "vgg16"])

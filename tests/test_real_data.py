@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cvexp.data import CIFAR10DataModule
-from cvexp.train import train
+from cvexp.training import train
 from tests.conftest import SHARED_ARCHIVE
 
 pytestmark = [

@@ -20,10 +20,10 @@ from cvexp.checkpoint import load_classifier
 from cvexp.classifier import ImageClassifier, dominant_label
 from cvexp.data import CIFAR10DataModule
 from cvexp.data.augment import to_float_chw
+from cvexp.errors import user_error_message
 from cvexp.models.normalize import CIFAR10_MEAN
 from cvexp.models.vgg import VGG
-from cvexp.errors import user_error_message
-from cvexp.train import train
+from cvexp.training import train
 
 PROBE = ["+callbacks.probe._target_=tests.test_regularisation.Probe"]
 ALL_DATA_REGULARISERS = [

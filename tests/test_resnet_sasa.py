@@ -13,7 +13,7 @@ from torch import nn
 
 from cvexp.models import resnet_sasa
 from cvexp.models.resnet_sasa import LocalSelfAttention2d, ResNet
-from cvexp.train import train
+from cvexp.training import train
 
 VARIANTS = ("resnet26", "resnet26_sasa", "resnet26_full_sasa")
 

@@ -9,8 +9,8 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from cvexp.runtime.hydra_app import compose_config
-from cvexp.train import train
+from cvexp.runtime.config import compose_config
+from cvexp.training import train
 from tests.conftest import FAST, TINY_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]

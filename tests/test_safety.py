@@ -10,7 +10,7 @@ import torch
 
 from cvexp.checkpoint import read_checkpoint
 from cvexp.compare import compare
-from cvexp.train import train
+from cvexp.training import train
 from tests.conftest import snapshot, write_batches_dir
 
 BUILD_CACHE = """

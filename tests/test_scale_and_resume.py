@@ -16,11 +16,11 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from cvexp import trainer as trainer_module
 from cvexp.checkpoint import AtomicCheckpointIO, load_classifier
 from cvexp.data import CIFAR10DataModule
-from cvexp.runtime import trainer as trainer_module
 from cvexp.errors import UserError
-from cvexp.train import train
+from cvexp.training import train
 from tests.conftest import BIN, CLI_TINY, run_cli, write_batches_dir
 from tests.test_bad_inputs import EXPLODING_LR
 
@@ -111,7 +111,8 @@ def test_resume_continues_bit_exactly(tmp_path: Path, tiny) -> None:
     assert resumed_curve == full_curve and len(full_curve) == 4
     summary = json.loads((split_dir / "summary.json").read_text())
     assert summary["epochs_run"] == 4 and summary["status"] == "completed"
-    assert f"ckpt_path='{split_dir / 'checkpoints' / 'last.ckpt'}'" in summary["overrides"]
+    # the run's record says it was resumed in place (and from which folder)
+    assert f"resume='{split_dir}'" in summary["overrides"]
     assert list(
         (split_dir / ".hydra" / "history").glob("*/overrides.yaml")
     )  # the first record is kept
@@ -354,7 +355,9 @@ def test_last_checkpoint_is_written_after_every_epoch_also_without_a_new_best(
     )
     recorder = LastCheckpointEpochs(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
     build = trainer_module.build_trainer
-    monkeypatch.setattr("cvexp.train.build_trainer", lambda c, extra: build(c, [*extra, recorder]))
+    monkeypatch.setattr(
+        "cvexp.training.build_trainer", lambda c, extra: build(c, [*extra, recorder])
+    )
     summary = train(cfg)
     assert summary["epochs_run"] == 4
     assert Path(summary["best_model_path"]).name.startswith("epoch000-")

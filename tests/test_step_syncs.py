@@ -21,8 +21,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cvexp.runtime.trainer import build_trainer
-from cvexp.train import train
+from cvexp.trainer import build_trainer
+from cvexp.training import train
 
 SYNCING_METHODS = [
     "item",
@@ -77,7 +77,7 @@ def add_first_callback(monkeypatch, callback: Callback) -> None:
         trainer.callbacks.insert(0, callback)
         return trainer
 
-    monkeypatch.setattr("cvexp.train.build_trainer", build_with_callback_first)
+    monkeypatch.setattr("cvexp.training.build_trainer", build_with_callback_first)
 
 
 @pytest.fixture

@@ -10,16 +10,16 @@ import safetensors.torch
 import timm
 import torch
 import torch.nn.functional as F
+from cvexp.evaluate import evaluate
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
 from cvexp.classifier import ImageClassifier
-from cvexp.evaluate import evaluate
-from cvexp.models.timm_vit import TimmClassifier
 from cvexp.errors import UserError
-from cvexp.train import train
+from cvexp.models.timm_vit import TimmClassifier
+from cvexp.training import train
 
 NAME = "vit_tiny_patch16_224"
 

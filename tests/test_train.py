@@ -12,7 +12,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from cvexp.checkpoint import load_classifier
 from cvexp.data import CIFAR10DataModule
-from cvexp.train import train
+from cvexp.training import train
 
 SUMMARY_KEYS = {
     "status",
@@ -183,8 +183,8 @@ def test_speed_options_train_and_keep_checkpoints_portable(compose_train, tmp_pa
 
 def test_compile_keeps_parameter_names_and_on_device_needs_no_workers(data_root: Path) -> None:
     from cvexp.classifier import prepare_net
-    from cvexp.models.vgg import VGG
     from cvexp.errors import UserError
+    from cvexp.models.vgg import VGG
 
     names = list(VGG(depth=11).state_dict())
     assert list(prepare_net(VGG(depth=11), compile=True).state_dict()) == names

@@ -14,7 +14,7 @@ from cvexp.models.vit import (
     explicit_attention,
     sinusoidal_table,
 )
-from cvexp.train import train
+from cvexp.training import train
 
 SMALL = {"embed_dim": 32, "depth": 2, "num_heads": 4, "mlp_ratio": 2.0}
 

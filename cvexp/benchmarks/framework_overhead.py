@@ -31,8 +31,8 @@ from omegaconf import DictConfig
 
 from cvexp.benchmarks.timing import Measurement, interleaved_medians, synchronize
 from cvexp.data.augment import augment_batch
-from cvexp.runtime.hydra_app import compose_config
-from cvexp.runtime.trainer import build_trainer
+from cvexp.runtime.config import compose_config
+from cvexp.trainer import build_trainer
 
 
 class StepTimer(Callback):

@@ -7,7 +7,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from cvexp.runtime.trainer import writes_step_metrics
+from cvexp.trainer import writes_step_metrics
 
 
 class LearningRateLogger(Callback):

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import json
-import os
-import platform
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback, Timer
-from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-import cvexp
 from cvexp.errors import UserError, user_error_message
-
-# time_limit: stopped by trainer.max_time before max_epochs (the best checkpoint is still tested)
-FINISHED = ("completed", "stopped_early", "time_limit")
-STATUSES = (*FINISHED, "failed", "interrupted")
+from cvexp.loggers.run_hparams import finish_wandb_runs, log_hparams, log_run_hparams
+from cvexp.provenance import device_name, environment_versions, git_commit
+from cvexp.run_record import FINISHED, RunDir
 
 
 class RunSummary(Callback):
@@ -56,8 +47,8 @@ class RunSummary(Callback):
         mode: str = "max",
         optimized: tuple[str, str] = ("val/acc", "max"),
     ) -> None:
-        self.path = Path(run_dir) / "summary.json"
-        self.previous = read_json(self.path)  # the run's record before this attempt, if resumed
+        self.run = RunDir(run_dir)
+        self.previous = self.run.read_summary()  # the run's record before this attempt, if resumed
         self.record: dict[str, Any] = {
             "status": "failed",
             "params": None,
@@ -275,110 +266,13 @@ class RunSummary(Callback):
         """Write summary.json atomically (rank 0); when `final`, fill the HPARAMS tab too."""
         if rank_zero_only.rank != 0:
             return
-        if self.record.get("status") not in STATUSES:
-            raise ValueError(f"status must be one of {STATUSES}, got {self.record.get('status')!r}")
         summary = self.summary
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(
-            "w", dir=self.path.parent, suffix=".tmp", delete=False
-        ) as tmp:
-            json.dump(summary, tmp, indent=2, default=str)
-        os.replace(tmp.name, self.path)
+        self.run.write_summary(summary)
         if final and trainer is not None and self.hparams is not None:
             log_hparams(trainer, self.hparams, summary)
         if final and trainer is not None:
             finish_wandb_runs(trainer, failed=summary.get("status") not in FINISHED)
 
 
-def log_hparams(trainer: L.Trainer, hparams: dict[str, Any], summary: dict[str, Any]) -> None:
-    """TensorBoard's HPARAMS tab, once, with the real best val/acc and test/acc."""
-    metrics = {
-        "hp/best_val_acc": summary.get("best_val_acc"),
-        "hp/test_acc": summary.get("test_acc"),
-    }
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger.log_hyperparams(hparams, {k: v for k, v in metrics.items() if v is not None})
-            logger.finalize("success")
-
-
-def finish_wandb_runs(trainer: L.Trainer, *, failed: bool) -> None:
-    """End the run's W&B run, so that its log is complete on disk and the next job of a sweep
-    (in this process) starts a run of its own instead of logging into this one."""
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger) and logger._experiment is not None:
-            logger.experiment.finish(exit_code=1 if failed else 0)
-
-
-def log_run_hparams(trainer: L.Trainer, hparams: dict[str, Any]) -> None:
-    """The same knobs, tags included, for the other loggers when the fit starts: a CSVLogger's
-    hparams.yaml, MLflow's params, W&B's config."""
-    for logger in trainer.loggers:
-        if isinstance(logger, (CSVLogger, MLFlowLogger, WandbLogger)):
-            logger.log_hyperparams(hparams)
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON file's content, or None when it is missing or unreadable."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def recorded_best(summary: dict[str, Any], name: str) -> float | None:
-    """The best value of the metric `name` a run's summary.json records, or None.
-
-    `optimized_metric.best` when the run optimised `name`; `best_val_acc` for val/acc (also
-    in summaries written before optimized_metric existed).
-    """
-    optimized = summary.get("optimized_metric") or {}
-    if optimized.get("name") == name and optimized.get("best") is not None:
-        return float(optimized["best"])
-    if name == "val/acc" and summary.get("best_val_acc") is not None:
-        return float(summary["best_val_acc"])
-    return None
-
-
 def _number(value: Any) -> float | None:
     return None if value is None else float(value)
-
-
-def environment_versions() -> dict[str, str]:
-    """Versions of python, torch, lightning and cvexp."""
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "lightning": L.__version__,
-        "cvexp": cvexp.__version__,
-    }
-
-
-def device_name() -> str:
-    """The accelerator's name, or the CPU's."""
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-
-
-def git_commit() -> str | None:
-    """The commit of the cvexp source tree, with '-dirty' when it has uncommitted changes; None outside git."""
-    source = Path(cvexp.__file__).resolve().parent
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(source), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return f"{commit}-dirty" if dirty else commit

@@ -11,8 +11,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from cvexp.data.formats import CLASSES
-from cvexp.loggers.figures import figure_loggers, log_figure, log_scalar
 from cvexp.errors import UserError
+from cvexp.loggers.figures import figure_loggers, log_figure, log_scalar
 from cvexp.viz.figures import predictions_figure
 from cvexp.viz.network import network_figures
 

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 from torch import nn
 
-from cvexp.models.normalize import Normalize
 from cvexp.errors import UserError
+from cvexp.models.normalize import Normalize
 
 Finetune = Literal["full", "linear_probe"]
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")

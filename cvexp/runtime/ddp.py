@@ -31,7 +31,7 @@ def ddp_relaunch_in_place(trainer: L.Trainer) -> Iterator[None]:
     strategy because it keeps Lightning's default, fastest DDP path, and over torchrun because
     it needs no outside launcher. A sweep job that a launcher plugin runs in a process of its
     own (submitit's `python -m submitit.core._submit FOLDER`) starts its ranks as
-    `python -m cvexp.train` too, never as that launcher's command. Afterwards the DDP
+    `python -m cvexp.cli.train` too, never as that launcher's command. Afterwards the DDP
     environment is cleared, so that the sweep's next job launches its own ranks instead of
     believing it is one.
     """
@@ -57,9 +57,9 @@ def ddp_relaunch_in_place(trainer: L.Trainer) -> Iterator[None]:
         )
         kept = [o for o in hydra_cfg.overrides.hydra if not o.startswith(own)]  # e.g. a search path
         sys.argv = [sys.argv[0], *kept, *hydra_cfg.overrides.task]
-        if saved_spec is not None and saved_spec.name != "cvexp.train":
-            # Lightning starts `python -m <__main__'s module>`: make that module cvexp.train
-            __main__.__spec__ = importlib.util.find_spec("cvexp.train")
+        if saved_spec is not None and saved_spec.name != "cvexp.cli.train":
+            # Lightning starts `python -m <__main__'s module>`: make that module cvexp.cli.train
+            __main__.__spec__ = importlib.util.find_spec("cvexp.cli.train")
     try:
         yield
     finally:

@@ -32,4 +32,3 @@ def exit_on_user_error(task: Callable[..., Any]) -> Callable[..., Any]:
             exit_with_error(message)
 
     return wrapper
-

@@ -1,4 +1,4 @@
-"""What every Hydra entry point shares: the config location, resolvers and composing outside an app."""
+"""What every Hydra entry point shares: the config location, the values resolvers compute, logging."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, open_dict
 
 # conf/ is installed as the package cvexp.conf (see pyproject.toml), so it is found from
 # any working directory, after both editable and regular installs.
@@ -63,31 +62,6 @@ def fast_precision(accelerator: str = "auto") -> str:
     return "bf16-mixed" if native else "32-true"
 
 
-def register_resolvers() -> None:
-    """Register cvexp's OmegaConf resolvers (idempotent; none has side effects)."""
-    from cvexp.runtime.key_help import resolve_key_help
-    from cvexp.runtime.run_dir import job_dirname
-
-    OmegaConf.register_new_resolver("path_safe", path_safe, replace=True)
-    OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
-    OmegaConf.register_new_resolver("data_root", default_data_root, replace=True)
-    OmegaConf.register_new_resolver("checkpoint_name", checkpoint_name, replace=True)
-    OmegaConf.register_new_resolver("fast_precision", fast_precision, replace=True)
-    register_logger_resolvers()
-    OmegaConf.register_new_resolver("key_help", resolve_key_help, replace=True)
-
-
-def register_logger_resolvers() -> None:
-    """The resolvers of conf/logger/ and conf/hydra/: store paths, run names, tags, the record."""
-    from cvexp.loggers.config_values import absolute_path, run_label, tag_dict
-    from cvexp.runtime.sweep_resume import record_subdir
-
-    OmegaConf.register_new_resolver("abspath", absolute_path, replace=True)
-    OmegaConf.register_new_resolver("run_label", run_label, replace=True)
-    OmegaConf.register_new_resolver("mlflow_tags", tag_dict, replace=True)
-    OmegaConf.register_new_resolver("record_subdir", record_subdir, replace=True)
-
-
 def log_lightning_to_run_file() -> None:
     """Send Lightning's console messages to the run's log file (`train.log`) as well.
 
@@ -108,22 +82,3 @@ def log_lightning_to_run_file() -> None:
 def in_multirun() -> bool:
     """Whether this process runs a job of a Hydra sweep (-m)."""
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
-    """Compose one of cvexp's configs outside a Hydra app (benchmarks, tests), as the app would.
-
-    `${hydra:...}` interpolations resolve against the composed Hydra config, and the run's
-    directory is `output_dir`.
-    """
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="cvexp.conf", version_base=VERSION_BASE):
-        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-    return cfg

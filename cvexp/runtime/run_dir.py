@@ -5,8 +5,9 @@ so composing a config, `--help` and `--cfg job` touch nothing. `RunDirectory`, a
 callback, claims the directory just before Hydra writes into it: with an atomic `mkdir`,
 adding `-1`, `-2`, ... when the name is taken, so two runs started in the same second never
 share one. A directory named explicitly on the command line is used as given, unless it
-already holds a run: that one is refused, because writing into it would mix two runs. A sweep
-with `skip_completed=true` is the exception: it continues in its folder (runtime/sweep_resume.py).
+already holds a run: that one is refused, because writing into it would mix two runs, unless
+the run continues it (`resume=`, a requeued SLURM job, or a sweep with `skip_completed=true`:
+see runtime/continuation.py).
 """
 
 from __future__ import annotations
@@ -16,20 +17,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, open_dict, read_write
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from cvexp.errors import UserError
+from cvexp.errors import UserError, exit_with_error
+from cvexp.run_record import RECORD_DIR, RunDir, runs_with_launch_records
+from cvexp.runtime.continuation import keep_history, quoted, requeued_run
+from cvexp.runtime.hydra_app import path_safe
 from cvexp.runtime.outside_launch import outside_launch
-from cvexp.runtime.shared_run_dir import agree_on_run_dir
+from cvexp.runtime.settings import check_settings
+from cvexp.runtime.shared_run_dir import agree_on_run_dir, runs_root
 
-# set by `cvexp-train resume=RUN_DIR`: the one existing run directory this process may write into
-RESUME_ENV = "CVEXP_RESUME_DIR"
-# set for the jobs of a sweep: the override keys that vary between them (see job_dirname)
-SWEEP_KEYS_ENV = "CVEXP_SWEEP_KEYS"
 # launchers that start one process per rank; each rank must use the directory it was given
 RANK_ENV = ("LOCAL_RANK", "RANK", "SLURM_PROCID")
-RUN_MARKERS = (".hydra", "summary.json", "checkpoints", "tensorboard", "multirun.yaml")
 
 
 def claim_fresh_dir(path: str | Path) -> Path:
@@ -44,18 +46,11 @@ def claim_fresh_dir(path: str | Path) -> Path:
         except FileExistsError:
             n += 1
         except OSError as err:
-            print(
-                f"{Path(sys.argv[0]).name}: error: cannot create the output directory {candidate} "
+            exit_with_error(
+                f"cannot create the output directory {candidate} "
                 f"({os.strerror(err.errno) if err.errno else err}); run from a writable folder "
-                "or pass paths.log_dir=<a writable folder>.",
-                file=sys.stderr,
+                "or pass paths.log_dir=<a writable folder>."
             )
-            sys.exit(2)
-
-
-def holds_a_run(path: Path) -> bool:
-    """Whether `path` already holds the files of a run or a sweep."""
-    return path.is_dir() and any((path / name).exists() for name in RUN_MARKERS)
 
 
 def explicitly_given(config: DictConfig, key: str) -> bool:
@@ -63,20 +58,12 @@ def explicitly_given(config: DictConfig, key: str) -> bool:
     return any(o.split("=", 1)[0].lstrip("+") == key for o in config.hydra.overrides.hydra)
 
 
-def refuse(message: str) -> None:
-    """One sentence on stderr and exit status 2, before anything is written."""
-    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 def settings_or_refuse(config: DictConfig) -> None:
     """Check the run's settings before anything is created (see runtime/settings.py)."""
-    from cvexp.runtime.settings import check_settings
-
     try:
         check_settings(config)
     except UserError as error:
-        refuse(str(error))
+        exit_with_error(str(error))
 
 
 class RunDirectory(Callback):
@@ -91,10 +78,14 @@ class RunDirectory(Callback):
         run_dir = Path(str(config.hydra.run.dir))
         launch = outside_launch()
         if not given and launch is not None:  # torchrun or SLURM: every rank agrees on one
+            requeued = requeued_run(config, launch, runs_with_launch_records(runs_root(run_dir)))
+            if requeued is not None:  # continue it, as resume= would
+                continue_requeued(config, requeued, launch.rank)
+                return
             try:
                 agree_on_run_dir(config, launch, claim=claim_fresh_dir)
             except UserError as error:
-                refuse(str(error))
+                exit_with_error(str(error))
             return
         if a_rank:
             return  # a rank of another launcher: the directory as composed
@@ -103,28 +94,24 @@ class RunDirectory(Callback):
             with read_write(config.hydra.run), open_dict(config.hydra.run):
                 config.hydra.run.dir = str(claimed)
             return
-        resuming = os.environ.get(RESUME_ENV)
-        if resuming and Path(resuming).resolve() == run_dir.resolve():
+        resuming = config.get("resume")
+        if resuming and Path(str(resuming)).resolve() == run_dir.resolve():
             return
-        if holds_a_run(run_dir):
-            refuse(
+        if RunDir(run_dir).holds_a_run():
+            exit_with_error(
                 f"{run_dir} already holds a run; continue it with resume={run_dir}, or pass a new "
                 "hydra.run.dir (or none, for a fresh dated one)."
             )
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from cvexp.runtime.sweep_resume import SKIP_COMPLETED_ENV
-
         settings_or_refuse(config)
-        os.environ[SWEEP_KEYS_ENV] = ",".join(sorted(swept_keys(config)))
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if config.get("skip_completed"):
             continue_sweep_in(config, sweep_dir)
             return
-        os.environ.pop(SKIP_COMPLETED_ENV, None)
         if explicitly_given(config, "hydra.sweep.dir"):
-            if holds_a_run(sweep_dir) or (sweep_dir.is_dir() and any(sweep_dir.iterdir())):
-                refuse(
+            if RunDir(sweep_dir).holds_a_run() or (sweep_dir.is_dir() and any(sweep_dir.iterdir())):
+                exit_with_error(
                     f"{sweep_dir} already holds a sweep; pass a new hydra.sweep.dir (or none, for "
                     "a fresh dated one)."
                 )
@@ -138,46 +125,50 @@ class RunDirectory(Callback):
 
 def continue_sweep_in(config: DictConfig, sweep_dir: Path) -> None:
     """skip_completed=true: the sweep writes into `sweep_dir` as it is (made when new), and its
-    jobs skip what finished there (see runtime/sweep_resume.py)."""
-    from cvexp.runtime.sweep_resume import SKIP_COMPLETED_ENV
-
-    if (sweep_dir / ".hydra").is_dir():
-        refuse(
+    jobs skip what finished there (see runtime/continuation.py)."""
+    if RunDir(sweep_dir).record_dir.is_dir():
+        exit_with_error(
             f"{sweep_dir} holds a single run, not a sweep; pass the folder of a sweep as "
             "hydra.sweep.dir (or continue the run with resume=)."
         )
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        refuse(
+        exit_with_error(
             f"cannot create the sweep directory {sweep_dir} ({err.strerror or err}); pass "
             "paths.log_dir=<a writable folder>."
         )
-    os.environ[SKIP_COMPLETED_ENV] = "1"
     if not explicitly_given(config, "hydra.sweep.dir"):
         with read_write(config.hydra), open_dict(config.hydra):
             # every job's config is composed again from these overrides: pin the folder
             config.hydra.overrides.hydra.append(f"hydra.sweep.dir={quoted(sweep_dir)}")
 
 
-def swept_keys(config: DictConfig) -> set[str]:
-    """The keys a sweep varies: sweep overrides on the command line and the sweeper's params."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+def swept_keys(task_overrides: list[str], sweeper_params: Any) -> set[str]:
+    """The keys a sweep varies: sweep overrides on its command line and the sweeper's params."""
+    parsed = OverridesParser.create().parse_overrides(list(task_overrides))
     keys = {o.key_or_group for o in parsed if o.is_sweep_override()}
-    return keys | {str(k) for k in (config.hydra.sweeper.get("params") or {})}
+    return keys | {str(k) for k in (sweeper_params or {})}
 
 
 def job_dirname(*, _root_: DictConfig) -> str:
     """A sweep job's folder name: the values of the keys the sweep varies, e.g.
     `model-vgg16+seed-1` (every override when they are not known); the constant overrides
     are in the job's .hydra/overrides.yaml, so the name is short and its varying values are
-    never cut."""
-    from cvexp.runtime.hydra_app import path_safe
+    never cut.
 
+    The varying keys are the sweeper's params (an Optuna search space) and the sweep overrides
+    of the command line, read from the sweep's own record (`multirun.yaml`, written by Hydra's
+    basic sweeper before its first job).
+    """
     excluded = set(_root_.hydra.job.config.override_dirname.exclude_keys)
-    varying = {k for k in os.environ.get(SWEEP_KEYS_ENV, "").split(",") if k}
+    sweep = (
+        OmegaConf.load(RunDir(str(_root_.hydra.sweep.dir)).sweep_record_path)
+        if (RunDir(str(_root_.hydra.sweep.dir)).sweep_record_path.is_file())
+        else None
+    )
+    command_line = OmegaConf.select(sweep, "hydra.overrides.task", default=[]) if sweep else []
+    varying = swept_keys(list(command_line), _root_.hydra.sweeper.get("params"))
     items = []
     for override in sorted(_root_.hydra.overrides.task):
         key, _, value = override.partition("=")
@@ -187,6 +178,24 @@ def job_dirname(*, _root_: DictConfig) -> str:
     return path_safe("+".join(items))
 
 
-def quoted(value: str | Path) -> str:
-    """A path as a quoted Hydra override value, so '=' or ',' in it cannot break the grammar."""
-    return f"'{value}'" if "'" not in str(value) else f'"{value}"'
+def record_subdir(*, _root_: DictConfig) -> str | None:
+    """`hydra.output_subdir`: `.hydra`, or None (no record written) for a finished job that a
+    sweep with skip_completed=true skips, so that its recorded config stays as it was."""
+    skipping = _root_.get("skip_completed") and _root_.hydra.mode == RunMode.MULTIRUN
+    output_dir = OmegaConf.select(_root_, "hydra.runtime.output_dir", default=None)
+    if skipping and output_dir and RunDir(str(output_dir)).finished_summary() is not None:
+        return None
+    return RECORD_DIR
+
+
+def continue_requeued(config: DictConfig, run: RunDir, rank: int) -> None:
+    """A requeued SLURM job continues its earlier run in place, as `resume=` would."""
+    print(f"Requeued SLURM job: continuing {run.path}", file=sys.stderr)
+    if rank == 0:
+        keep_history(run)
+    with read_write(config), open_dict(config):
+        config.resume = str(run.path)
+        config.hydra.run.dir = str(run.path)
+        if rank != 0:  # rank 0 keeps the run's record and train.log
+            config.hydra.output_subdir = None
+            config.hydra.job.name = f"{config.hydra.job.name}_rank{rank}"

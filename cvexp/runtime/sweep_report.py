@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,15 +9,17 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from cvexp.run_record import RunDir
+
 
 def job_statuses(sweep_dir: Path) -> dict[str, str]:
     """Each job directory's status from its summary.json ('missing' when there is none)."""
     statuses = {}
-    for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir()):
-        summary = job / "summary.json"
-        statuses[job.name] = (
-            json.loads(summary.read_text()).get("status", "?") if summary.is_file() else "missing"
-        )
+    for path in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
+        job = RunDir(path)
+        if job.record_dir.is_dir():
+            summary = job.read_summary()
+            statuses[path.name] = summary.get("status", "?") if summary else "missing"
     return statuses
 
 

@@ -1,14 +1,16 @@
-"""cvexp-train: fit on the train split, early-stop on the val split, test the best checkpoint."""
+"""Training a classifier: fit on the train split, early-stop on the val split, test the best checkpoint.
+
+`train(cfg)` is what `cvexp-train` runs (cvexp/cli/train.py), and what a Python user calls with a
+composed config (`cvexp.runtime.config.compose_config`).
+"""
 
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
@@ -16,31 +18,57 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from cvexp.callbacks import InterruptCheckpoint, RunSummary
-from cvexp.checkpoint import check_checkpoint_fits, load_net_weights, read_checkpoint
-from cvexp.classifier import build_classifier
-from cvexp.runtime.ddp import ddp_relaunch_in_place
-from cvexp.errors import UserError
-from cvexp.runtime.exit import exit_on_user_error
-from cvexp.runtime.hydra_app import (
-    CONFIG_PATH,
-    VERSION_BASE,
-    log_lightning_to_run_file,
-    register_resolvers,
+from cvexp.checkpoint import (
+    check_checkpoint_fits,
+    check_train_on,
+    load_net_weights,
+    read_checkpoint,
 )
-from cvexp.runtime.resume import check_train_on, restore_hydra_record, resume_argv
+from cvexp.classifier import build_classifier
+from cvexp.run_record import objective
+from cvexp.runtime.continuation import (
+    FRESH,
+    Continuation,
+    How,
+    decide,
+    pin_for_other_ranks,
+    restore_history,
+)
+from cvexp.runtime.ddp import ddp_relaunch_in_place
+from cvexp.runtime.hydra_app import log_lightning_to_run_file
 from cvexp.runtime.settings import check_settings
-from cvexp.runtime.sweep_resume import continue_interrupted, earlier_result, objective
-from cvexp.runtime.trainer import build_trainer
+from cvexp.trainer import build_trainer
 
 log = logging.getLogger(__name__)
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train_job(cfg: DictConfig) -> float:
+    """One run or sweep job, as `cvexp-train` runs it: decide how it starts (fresh, resumed,
+    skipped because it finished, or continued after an interruption), train, and return the
+    best `optimized_metric` (NaN if none) for sweepers."""
+    metric = cfg.get("optimized_metric", "val/acc")
+    continuation = decide(cfg)
+    if continuation.how is How.SKIP_FINISHED:
+        log.info("skipping %s: it finished before (skip_completed=true)", cfg.paths.output_dir)
+        return objective(continuation.earlier or {}, metric)
+    if continuation.how is How.CONTINUE_INTERRUPTED:
+        log.info("continuing the interrupted job from %s", continuation.ckpt_path)
+        pin_for_other_ranks(continuation)
+    try:
+        return objective(train(cfg, continuation), metric)
+    except SIGTERMException:
+        raise SystemExit(143) from None  # 128 + SIGTERM, as schedulers expect of a terminated job
+
+
+def train(cfg: DictConfig, continuation: Continuation = FRESH) -> dict[str, Any]:
     """Fit, then test the best checkpoint on the official test set; returns the run's summary.
 
-    summary.json is written in every case (see RunSummary), also when the run fails
-    before training starts.
+    `continuation` says whether the fit continues a run from its last.ckpt (see
+    runtime/continuation.py); otherwise `cfg.ckpt_path`, when set, starts it from that
+    checkpoint. summary.json is written in every case (see RunSummary), also when the run
+    fails before training starts.
     """
+    ckpt_path = continuation.ckpt_path or cfg.get("ckpt_path")
     summary = RunSummary(
         cfg.paths.output_dir,
         fields={
@@ -61,21 +89,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trust = bool(cfg.get("trust_checkpoint", False))
         datamodule = instantiate(cfg.data)
         classifier = build_classifier(cfg.model)
-        if cfg.get("init_from"):  # the weights only: a fresh optimiser, schedule and epoch
+        if (
+            cfg.get("init_from") and continuation.how is How.FRESH
+        ):  # the weights only: a fresh optimiser, schedule and epoch
             summary.record["init_from"] = load_net_weights(
                 classifier.net, cfg.init_from, strict=cfg.get("init_from_strict", True), trust=trust
             )
         trainer = build_trainer(cfg, [summary, InterruptCheckpoint()])
         datamodule.per_device_batch_size(trainer.world_size)  # fail before any process starts
-        if cfg.get("ckpt_path"):  # refuse an unsafe, foreign or finished checkpoint before starting
-            checkpoint = read_checkpoint(cfg.ckpt_path, trust=trust)
-            check_checkpoint_fits(classifier.net, checkpoint, cfg.ckpt_path)
+        if ckpt_path:  # refuse an unsafe, foreign or finished checkpoint before starting
+            checkpoint = read_checkpoint(ckpt_path, trust=trust)
+            check_checkpoint_fits(classifier.net, checkpoint, ckpt_path)
             check_train_on(checkpoint, trainer.max_epochs)
 
         with ddp_relaunch_in_place(trainer):
-            trainer.fit(
-                classifier, datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=not trust
-            )
+            trainer.fit(classifier, datamodule, ckpt_path=ckpt_path, weights_only=not trust)
             if cfg.get("test", True) and not trainer.interrupted:
                 best = trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path
                 trainer.test(classifier, datamodule, ckpt_path=best or None, weights_only=True)
@@ -90,7 +118,7 @@ def summary_on_failure(summary: RunSummary) -> Iterator[None]:
     except BaseException as error:
         summary.record_failure(error)
         if summary.previous is not None:  # a failed resume: the run's record stays as it was
-            restore_hydra_record(summary.path.parent)
+            restore_history(summary.run)
         raise
 
 
@@ -120,41 +148,3 @@ def hparams_for_tensorboard(cfg: DictConfig) -> dict[str, Any]:
         "max_epochs": cfg.trainer.get("max_epochs"),
         "tags": ",".join(str(tag) for tag in cfg.get("tags") or []),
     }
-
-
-register_resolvers()
-
-
-@hydra.main(version_base=VERSION_BASE, config_path=CONFIG_PATH, config_name="train")
-@exit_on_user_error
-def main(cfg: DictConfig) -> float:
-    """The Hydra app: train, and return the best `optimized_metric` (NaN if none) for sweepers.
-
-    With `skip_completed=true`, a sweep job that finished before returns its recorded result, and
-    one that was interrupted continues from its last.ckpt (see runtime/sweep_resume.py).
-    """
-    metric = cfg.get("optimized_metric", "val/acc")
-    earlier = earlier_result(cfg)
-    if earlier is not None:
-        log.info("skipping %s: it finished before (skip_completed=true)", cfg.paths.output_dir)
-        return objective(earlier, metric)
-    if continue_interrupted(cfg):
-        log.info("continuing the interrupted job from %s", cfg.ckpt_path)
-    try:
-        return objective(train(cfg), metric)
-    except SIGTERMException:
-        raise SystemExit(143) from None  # 128 + SIGTERM, as schedulers expect of a terminated job
-
-
-def cli() -> None:
-    """Console entry point `cvexp-train`: `resume=RUN_DIR` becomes that run's command line first."""
-    try:
-        sys.argv = resume_argv(sys.argv)
-    except UserError as error:
-        print(f"cvexp-train: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    main()
-
-
-if __name__ == "__main__":
-    cli()

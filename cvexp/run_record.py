@@ -1,0 +1,237 @@
+"""A run folder on disk: its layout, `summary.json` (schema, statuses) and its reads and writes.
+
+The one module that spells the names of a run's files. Everything else (the RunSummary
+callback, resume, skip_completed sweeps, SLURM/torchrun agreement, cvexp-compare, the sweep
+report) asks a `RunDir` for them:
+
+    <run>/
+      .hydra/            Hydra's record: config.yaml, hydra.yaml, overrides.yaml
+        launch.json      torchrun/SLURM: the launch that made the run (rank 0 writes it)
+        history/<time>/  the record as it was before each resume=
+        lock             held while a process writes into the run
+      checkpoints/       last.ckpt (the newest state) and the best checkpoint
+      summary.json       the machine-readable result (SCHEMA_VERSION, STATUSES)
+      train.log          the console log
+
+A leaf module: the standard library, and PyYAML to read Hydra's own record.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# 2: schema_version itself, and `precision` (the precision the Trainer really used)
+SCHEMA_VERSION = 2
+# time_limit: stopped by trainer.max_time before max_epochs (the best checkpoint is still tested)
+FINISHED = ("completed", "stopped_early", "time_limit")
+STATUSES = (*FINISHED, "failed", "interrupted")
+
+SUMMARY = "summary.json"
+RECORD_DIR = ".hydra"
+CHECKPOINTS = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+SWEEP_RECORD = "multirun.yaml"
+# files and folders that mark a folder as holding a run or a sweep
+RUN_MARKERS = (RECORD_DIR, SUMMARY, CHECKPOINTS, "tensorboard", SWEEP_RECORD)
+
+
+def override_key(override: str) -> str:
+    """The key of a Hydra override: `+model.net.width=0.5` -> `model.net.width`."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object's content, or None when the file is missing, unreadable or not an object."""
+    try:
+        content = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return content if isinstance(content, dict) else None
+
+
+def write_json_atomically(path: Path, content: dict[str, Any]) -> None:
+    """Write `content` to `path` through a temporary file and a rename, so a reader never sees
+    half a file; the file's mode follows the umask (as a plain `open` would), not 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        json.dump(content, tmp, indent=2, default=str)
+    os.chmod(tmp.name, 0o666 & ~current_umask())
+    os.replace(tmp.name, path)
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def recorded_best(summary: dict[str, Any], name: str) -> float | None:
+    """The best value of the metric `name` a run's summary records, or None.
+
+    `optimized_metric.best` when the run optimised `name`; `best_val_acc` for val/acc (also
+    in summaries written before optimized_metric existed).
+    """
+    optimized = summary.get("optimized_metric") or {}
+    if optimized.get("name") == name and optimized.get("best") is not None:
+        return float(optimized["best"])
+    if name == "val/acc" and summary.get("best_val_acc") is not None:
+        return float(summary["best_val_acc"])
+    return None
+
+
+def objective(summary: dict[str, Any], metric: str) -> float:
+    """A run's result for a sweeper: the best value of `metric` it recorded (NaN if none)."""
+    best = recorded_best(summary, metric)
+    return math.nan if best is None else best
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One run's folder, and what it holds."""
+
+    path: Path
+
+    def __init__(self, path: str | Path) -> None:
+        object.__setattr__(self, "path", Path(path))
+
+    # ------------------------------------------------------------------ the layout
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / SUMMARY
+
+    @property
+    def record_dir(self) -> Path:
+        """Hydra's record of the run (`hydra.output_subdir`)."""
+        return self.path / RECORD_DIR
+
+    @property
+    def overrides_path(self) -> Path:
+        return self.record_dir / "overrides.yaml"
+
+    @property
+    def hydra_record_path(self) -> Path:
+        return self.record_dir / "hydra.yaml"
+
+    @property
+    def config_path(self) -> Path:
+        return self.record_dir / "config.yaml"
+
+    @property
+    def launch_record_path(self) -> Path:
+        return self.record_dir / "launch.json"
+
+    @property
+    def history_dir(self) -> Path:
+        return self.record_dir / "history"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.record_dir / "lock"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints_dir / LAST_CHECKPOINT
+
+    @property
+    def train_log(self) -> Path:
+        return self.path / "train.log"
+
+    @property
+    def sweep_record_path(self) -> Path:
+        return self.path / SWEEP_RECORD
+
+    # ------------------------------------------------------------------ what it holds
+
+    def holds_a_run(self) -> bool:
+        """Whether the folder already holds the files of a run or a sweep."""
+        return self.path.is_dir() and any((self.path / name).exists() for name in RUN_MARKERS)
+
+    def is_run(self) -> bool:
+        """Whether the folder is a single run made by a cvexp command (it has Hydra's record)."""
+        return self.overrides_path.is_file()
+
+    def read_summary(self) -> dict[str, Any] | None:
+        """The run's summary.json, or None when it has none (or an unreadable one)."""
+        return read_json(self.summary_path)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        """Write summary.json atomically, with its schema version; refuse an unknown status."""
+        if summary.get("status") not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {summary.get('status')!r}")
+        write_json_atomically(self.summary_path, {"schema_version": SCHEMA_VERSION, **summary})
+
+    def finished_summary(self) -> dict[str, Any] | None:
+        """The summary of a run that finished (completed, stopped early, time limit), or None."""
+        summary = self.read_summary()
+        return summary if summary is not None and summary.get("status") in FINISHED else None
+
+    def was_stopped(self) -> bool:
+        """Whether the run was interrupted, or killed before it could record why.
+
+        A run that failed with an error, or finished, was not stopped.
+        """
+        summary = self.read_summary()
+        return (
+            summary is None
+            or summary.get("status") == "interrupted"
+            or (summary.get("status") not in FINISHED and not summary.get("error"))
+        )
+
+    def recorded_overrides(self) -> list[str]:
+        """The command-line overrides Hydra recorded for the run (`.hydra/overrides.yaml`)."""
+        return [str(o) for o in _read_yaml(self.overrides_path) or []]
+
+    def recorded_hydra_overrides(self) -> list[str]:
+        """The run's own `hydra.*` overrides (a search path, a launcher), as recorded."""
+        hydra_cfg = (_read_yaml(self.hydra_record_path) or {}).get("hydra", {})
+        return [str(o) for o in (hydra_cfg.get("overrides") or {}).get("hydra") or []]
+
+    def recorded_hydra_config(self) -> dict[str, Any] | None:
+        """Hydra's own config as the run recorded it (the `hydra` node of `.hydra/hydra.yaml`:
+        the job's name settings, the launcher, the sweeper), or None without a readable record."""
+        content = _read_yaml(self.hydra_record_path)
+        hydra_cfg = content.get("hydra") if isinstance(content, dict) else None
+        return hydra_cfg if isinstance(hydra_cfg, dict) else None
+
+    def recorded_config(self) -> dict[str, Any] | None:
+        """The composed config the run recorded (`.hydra/config.yaml`), or None."""
+        content = _read_yaml(self.config_path)
+        return content if isinstance(content, dict) else None
+
+    def runs_within(self) -> list[RunDir]:
+        """Every run (`is_run`) at or below this folder: the folder itself when it is a run, a
+        sweep's jobs, a folder of runs; in path order. The copies in a record's history are none."""
+        found = self.path.rglob(f"{RECORD_DIR}/{self.overrides_path.name}")
+        return [RunDir(path) for path in sorted({p.parent.parent for p in found})]
+
+    def read_launch_record(self) -> dict[str, Any] | None:
+        return read_json(self.launch_record_path)
+
+    def write_launch_record(self, record: dict[str, Any]) -> None:
+        write_json_atomically(self.launch_record_path, record)
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+
+
+def runs_with_launch_records(root: Path) -> list[RunDir]:
+    """Every run under `root` (`<root>/<date>/<time>`) that holds a launch record."""
+    return [RunDir(path.parent.parent) for path in root.glob(f"*/*/{RECORD_DIR}/launch.json")]
