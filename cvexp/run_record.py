@@ -21,7 +21,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -223,6 +225,58 @@ class RunDir:
 
     def write_launch_record(self, record: dict[str, Any]) -> None:
         write_json_atomically(self.launch_record_path, record)
+
+
+class RunInUse(Exception):
+    """Another live process writes into this run folder."""
+
+
+def claim_lock(run: RunDir) -> None:
+    """Mark the run folder as in use by this process (`.hydra/lock`: host and pid).
+
+    Refused with RunInUse while the process that holds it is alive (on this host); a lock left
+    by a process that died (killed) is taken over. A lock written on another host cannot be
+    checked from here: it is trusted for a day, then taken over.
+    """
+    run.record_dir.mkdir(parents=True, exist_ok=True)
+    mine = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+    while True:
+        try:
+            fd = os.open(run.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            holder = read_json(run.lock_path) or {}
+            if holder.get("host") == mine["host"] and holder.get("pid") == mine["pid"]:
+                return  # this process holds it already
+            if _alive(holder):
+                raise RunInUse(f"process {holder.get('pid')} on {holder.get('host')}") from None
+            run.lock_path.unlink(missing_ok=True)  # left by a process that is gone
+            continue
+        with os.fdopen(fd, "w") as file:
+            json.dump(mine, file)
+        return
+
+
+def release_lock(run: RunDir) -> None:
+    """Remove the run's lock, when this process holds it."""
+    holder = read_json(run.lock_path) or {}
+    if holder.get("host") == socket.gethostname() and holder.get("pid") == os.getpid():
+        run.lock_path.unlink(missing_ok=True)
+
+
+def _alive(holder: dict[str, Any]) -> bool:
+    """Whether the lock's holder still runs (a lock of another host: for a day)."""
+    pid = holder.get("pid")
+    if not isinstance(pid, int):
+        return False
+    if holder.get("host") != socket.gethostname():
+        return time.time() - float(holder.get("since") or 0) < 24 * 3600
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def _read_yaml(path: Path) -> Any:

@@ -6,7 +6,6 @@ import logging
 import signal
 import subprocess
 import threading
-from pathlib import Path
 from types import FrameType
 
 import lightning as L
@@ -60,7 +59,11 @@ class InterruptCheckpoint(Callback):
             return
         checkpointing = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
         if checkpointing is not None and checkpointing.dirpath is not None and trainer.global_step:
-            trainer.save_checkpoint(Path(checkpointing.dirpath) / "last.ckpt")
+            last = checkpointing.format_checkpoint_name({}, checkpointing.CHECKPOINT_NAME_LAST)
+            # recorded as the checkpointing's own last file before it is saved (the state goes
+            # into the file), so that a resumed fit overwrites it instead of adding last-v1.ckpt
+            checkpointing.last_model_path = last
+            trainer.save_checkpoint(last)
         if self.preempted and requeues(trainer) and trainer.is_global_zero:
             request_requeue()
 

@@ -158,6 +158,7 @@ class RunSummary(Callback):
         if self._fit_started is not None:
             seconds += time.perf_counter() - self._fit_started
         return {
+            "run_dir": str(self.run.path.resolve()),
             "best_score": self.best_score,
             "best_epoch": self.best_epoch,
             "train_seconds": seconds,
@@ -165,6 +166,9 @@ class RunSummary(Callback):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved_in = state_dict.get("run_dir")
+        if saved_in and not self._same_run(Path(saved_in)):
+            return  # ckpt_path= from another run starts a new run: its best is not this run's
         self.best_score = state_dict.get("best_score")
         self.best_epoch = state_dict.get("best_epoch")
         self.train_seconds = float(state_dict.get("train_seconds", 0.0))
@@ -174,6 +178,11 @@ class RunSummary(Callback):
         # another metric's best means nothing for this one
         if self._first_epoch is None and name == self.optimized_name:
             self.optimized_best, self.optimized_epoch = best, epoch
+
+    def _same_run(self, saved_in: Path) -> bool:
+        """Whether a checkpoint's state was saved by this run (in this folder, or in the folder
+        this run was moved from, which no longer exists)."""
+        return saved_in == self.run.path.resolve() or not saved_in.exists()
 
     # ------------------------------------------------------------------ the optimised metric
 

@@ -12,6 +12,7 @@ see runtime/continuation.py).
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from pathlib import Path
@@ -23,7 +24,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from cvexp.errors import UserError, exit_with_error
-from cvexp.run_record import RECORD_DIR, RunDir, runs_with_launch_records
+from cvexp.run_record import (
+    RECORD_DIR,
+    RunDir,
+    RunInUse,
+    claim_lock,
+    release_lock,
+    runs_with_launch_records,
+)
 from cvexp.runtime.continuation import keep_history, quoted, requeued_run
 from cvexp.runtime.hydra_app import path_safe
 from cvexp.runtime.outside_launch import outside_launch
@@ -80,6 +88,8 @@ class RunDirectory(Callback):
         if not given and launch is not None:  # torchrun or SLURM: every rank agrees on one
             requeued = requeued_run(config, launch, runs_with_launch_records(runs_root(run_dir)))
             if requeued is not None:  # continue it, as resume= would
+                if launch.rank == 0:
+                    lock_or_refuse(requeued)
                 continue_requeued(config, requeued, launch.rank)
                 return
             try:
@@ -93,15 +103,19 @@ class RunDirectory(Callback):
             claimed = claim_fresh_dir(run_dir)
             with read_write(config.hydra.run), open_dict(config.hydra.run):
                 config.hydra.run.dir = str(claimed)
+            lock_or_refuse(RunDir(claimed))
             return
         resuming = config.get("resume")
-        if resuming and Path(str(resuming)).resolve() == run_dir.resolve():
-            return
-        if RunDir(run_dir).holds_a_run():
+        continuing = resuming and Path(str(resuming)).resolve() == run_dir.resolve()
+        if not continuing and RunDir(run_dir).holds_a_run():
             exit_with_error(
                 f"{run_dir} already holds a run; continue it with resume={run_dir}, or pass a new "
                 "hydra.run.dir (or none, for a fresh dated one)."
             )
+        lock_or_refuse(RunDir(run_dir))
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        release_lock(RunDir(str(config.hydra.run.dir)))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         settings_or_refuse(config)
@@ -121,6 +135,24 @@ class RunDirectory(Callback):
             config.hydra.sweep.dir = str(claimed)
             # every job's config is composed again from these overrides: pin the claimed folder
             config.hydra.overrides.hydra.append(f"hydra.sweep.dir={quoted(claimed)}")
+
+
+def lock_or_refuse(run: RunDir) -> None:
+    """Hold the run folder's lock for this process (released when the run ends, or at exit);
+    refuse, in one sentence, a folder that another live process writes into."""
+    try:
+        claim_lock(run)
+    except RunInUse as holder:
+        exit_with_error(
+            f"{run.path} is in use by {holder}; wait until that run ends (or stop it) before "
+            "continuing it, or pass another hydra.run.dir."
+        )
+    except OSError as err:
+        exit_with_error(
+            f"cannot write into the run directory {run.path} ({err.strerror or err}); pass "
+            "paths.log_dir=<a writable folder>."
+        )
+    atexit.register(release_lock, run)
 
 
 def continue_sweep_in(config: DictConfig, sweep_dir: Path) -> None:
