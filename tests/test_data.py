@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
+import shutil
+import stat
 import tarfile
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from tests.conftest import (
     TEST_PER_CLASS,
     TRAIN_PER_CLASS,
     WRITERS,
+    snapshot,
     write_batches_dir,
     write_image_tree,
 )
@@ -69,6 +73,18 @@ def test_datamodule_decodes_once_then_reads_the_cache(data_root: Path, monkeypat
     second.prepare_data()
     second.setup("fit")
     assert torch.equal(first.data.train_images, second.data.train_images)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_cache_file_mode_follows_the_umask(data_root: Path, umask: int) -> None:
+    previous = os.umask(umask)
+    try:
+        CIFAR10DataModule(str(data_root), download=False, val_size=40).prepare_data()
+    finally:
+        os.umask(previous)
+    (cache,) = (data_root / ".cvexp_cache").glob("*.pt")
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o666 & ~umask  # as a plain open makes it
+    assert not list((data_root / ".cvexp_cache").glob("*.tmp"))
 
 
 def test_cache_is_rebuilt_when_the_files_change(data_root: Path, tiny) -> None:
@@ -262,14 +278,150 @@ def test_corrupt_archive(tmp_path: Path, tiny) -> None:
             "big.png is 40x40 pixels; CIFAR-10 images must be 32x32",
         ),
         (lambda root: (root / "train" / "unicorn").mkdir(), "not CIFAR-10 classes \\(unicorn\\)"),
+        (
+            lambda root: _copy_an_image(root / "train" / "cat", "train/cat/more/x.png"),
+            r"more/x.png is in a folder inside .*cat; .*move it up into .*cat or remove it",
+        ),
+        (
+            lambda root: _touch_text(root, "test/dog/old/a.txt"),
+            r"old/a.txt is in a folder inside .*dog",
+        ),
+        (
+            lambda root: _copy_an_image(root / "train" / "cat", "train/x.png"),
+            r"train/x.png is not in a class folder; move it into .*train/<class>/ or remove it",
+        ),
+        (
+            lambda root: (root / "train" / "cat" / "zz.png").symlink_to(root / "gone.png"),
+            r"zz.png is a broken symbolic link.*gone.png",
+        ),
     ],
-    ids=["missing-class", "non-image-file", "corrupt-image", "wrong-size", "unknown-class"],
+    ids=[
+        "missing-class",
+        "non-image-file",
+        "corrupt-image",
+        "wrong-size",
+        "unknown-class",
+        "nested-image",
+        "nested-other-file",
+        "image-outside-class-folders",
+        "broken-link",
+    ],
 )
 def test_bad_image_folders(tmp_path: Path, tiny, damage, message: str) -> None:
     root = write_image_tree(tmp_path / "tree", tiny)
     damage(root)
     with pytest.raises(UserError, match=message):
         read_source(find_source(root))
+
+
+def _copy_an_image(class_dir: Path, rel: str) -> None:
+    """Copy the first image of `class_dir` to `rel` under the tree that holds it."""
+    target = class_dir.parents[1] / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(sorted(class_dir.glob("*.png"))[0], target)
+
+
+def _touch_text(root: Path, rel: str) -> None:
+    (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    (root / rel).write_text("x")
+
+
+def test_hidden_files_and_empty_subfolders_in_class_folders_are_fine(tmp_path: Path, tiny) -> None:
+    root = write_image_tree(tmp_path / "tree", tiny)
+    (root / "train" / "cat" / ".DS_Store").write_text("x")
+    (root / "train" / "cat" / ".thumbnails").mkdir()
+    (root / "train" / "cat" / ".thumbnails" / "00001.png").write_bytes(b"x")
+    (root / "train" / "cat" / "empty").mkdir()
+    assert torch.equal(
+        read_source(find_source(root)).train_labels, torch.from_numpy(tiny.train_labels)
+    )
+
+
+@pytest.mark.parametrize(
+    ("member", "message"),
+    [
+        (
+            "cifar10/train/cat/more/x.png",
+            r"cifar10/train/cat/more/x.png is in a folder inside train/cat/",
+        ),
+        ("cifar10/test/x.png", r"cifar10/test/x.png is not in a class folder"),
+    ],
+    ids=["nested-image", "image-outside-class-folders"],
+)
+def test_bad_image_archives(tmp_path: Path, tiny, member: str, message: str) -> None:
+    tree = write_image_tree(tmp_path / "tree", tiny)
+    archive = tmp_path / "data" / "cifar10.tar.gz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tree, arcname="cifar10")
+        image = sorted((tree / "train" / "cat").glob("*.png"))[0]
+        tar.add(image, arcname="cifar10/train/cat/.hidden/y.png")  # hidden: left out
+        tar.add(image, arcname=member)
+    with pytest.raises(UserError, match=message):
+        read_source(find_source(archive.parent))
+
+
+def _loose_images(tree: Path) -> Path:
+    """A folder holding someone's own images, not in the CIFAR-10 layout: loose/holiday/*.png."""
+    (tree / "train" / "cat").rename(tree.parent / "holiday")
+    (tree.parent / "loose").mkdir()
+    return (tree.parent / "holiday").rename(tree.parent / "loose" / "holiday").parent
+
+
+def _download_must_not_run(*args, **kwargs):
+    raise AssertionError("the official archive was downloaded into a folder that holds images")
+
+
+@pytest.mark.parametrize(
+    ("arrange", "message"),
+    [
+        (
+            lambda tree: shutil.rmtree(tree / "test") or tree,
+            r"tree has train/ but no test/; add test/<class>/ images",
+        ),
+        (
+            lambda tree: shutil.rmtree(tree / "train") or tree,
+            r"tree has test/ but no train/; add train/<class>/ images",
+        ),
+        (
+            lambda tree: tree / "train",
+            r"tree/train looks like the train/ split itself \(its folders are class names\); "
+            r"pass its parent folder as data.root",
+        ),
+        (
+            lambda tree: tree / "test",
+            r"tree/test looks like the test/ split itself",
+        ),
+        (
+            lambda tree: (tree / "train").rename(tree.parent / "cats_and_dogs"),
+            r"cats_and_dogs looks like a single split",
+        ),
+        (
+            _loose_images,
+            r"loose holds images \(e\.g\. holiday/.*\.png\) that are not in the train/<class>/ "
+            r"and test/<class>/ layout",
+        ),
+    ],
+    ids=[
+        "train-only",
+        "test-only",
+        "root-is-train",
+        "root-is-test",
+        "root-is-a-split",
+        "loose-images",
+    ],
+)
+@pytest.mark.parametrize("download", [True, False])
+def test_wrong_image_folder_layout_is_named_and_never_downloaded_into(
+    tmp_path: Path, tiny, monkeypatch, arrange, message: str, download: bool
+) -> None:
+    monkeypatch.setattr("cvexp.data.datamodule.download_official", _download_must_not_run)
+    root = arrange(write_image_tree(tmp_path / "tree", tiny))
+    before = snapshot(tmp_path)
+    dm = CIFAR10DataModule(str(root), download=download, val_size=40)
+    with pytest.raises(UserError, match=message):
+        dm.prepare_data()
+    assert snapshot(tmp_path) == before  # nothing written, nothing lost
 
 
 @pytest.mark.parametrize("val_size", [0, -5, 50_000, 60_000])

@@ -19,6 +19,7 @@ from cvexp.data.download import OFFICIAL_URL, download_official
 from cvexp.data.formats import CLASSES, Cifar10Tensors, Source, find_source, read_source
 from cvexp.data.mixing import BatchMixer
 from cvexp.errors import UserError
+from cvexp.run_record import current_umask
 
 OFFICIAL_TRAIN_SIZE = 50_000
 CACHE_DIR = ".cvexp_cache"
@@ -235,6 +236,7 @@ class CIFAR10DataModule(L.LightningDataModule):
             path.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
                 torch.save(data.as_dict(), tmp)
+            os.chmod(tmp.name, 0o666 & ~current_umask())  # as a plain open would, not 0600
             os.replace(tmp.name, path)  # atomic: a concurrent reader never sees half a file
         except OSError as err:
             warnings.warn(

@@ -6,6 +6,13 @@ Supported formats, detected from what `root` holds (the user never says which):
 2. an image-folder tree `train/<class>/*.{png,jpg}` and `test/<class>/*.{png,jpg}`,
    in the official class order, or the same tree packed as a `.tar.gz` / `.tgz`.
 
+In an image-folder tree every file that is not hidden (name starting with '.') must be an
+image directly inside `train/<class>/` or `test/<class>/`: a stray file, an image directly in
+`train/`, an image nested deeper (`train/cat/more/x.jpg`) or a broken symbolic link is refused
+with one sentence naming it, never silently skipped. A folder that holds images but no copy in
+a supported layout (only `train/`, the `train/` split itself, loose images) is refused too, so
+that nothing is ever downloaded into, or used instead of, a user's own images.
+
 Every reader returns the images in one canonical order: by class, then in the order
 of the source (batch order, or sorted file names), so every format of the same images
 yields the same tensors.
@@ -29,6 +36,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from cvexp.data.image_files import IMAGE_SUFFIXES as ANY_IMAGE_SUFFIXES
 from cvexp.errors import UserError
 
 CLASSES: tuple[str, ...] = (
@@ -110,7 +118,12 @@ class Source:
 
 
 def find_source(root: Path) -> Source | None:
-    """Return the CIFAR-10 copy under `root`, or None when there is none."""
+    """Return the CIFAR-10 copy under `root`, or None when there is none.
+
+    None means `root` holds no images at all (or does not exist), so a caller may download
+    into it; a folder with images in no supported layout raises a UserError that names the
+    problem (see `_refuse_images_out_of_layout`).
+    """
     if root.is_file():
         if _is_tar(root):
             return Source(_tar_kind(root), root)
@@ -134,6 +147,47 @@ def find_source(root: Path) -> Source | None:
         )
     if archives:
         return Source(_tar_kind(archives[0]), archives[0])
+    _refuse_images_out_of_layout(root)
+    return None
+
+
+def _refuse_images_out_of_layout(root: Path) -> None:
+    """Raise a UserError naming the problem when `root`, a folder without a CIFAR-10 copy,
+    holds an image-folder tree in the wrong layout or any images at all."""
+    for have, lack in (("train", "test"), ("test", "train")):
+        if (root / have).is_dir() and not (root / lack).is_dir():
+            raise UserError(
+                f"{root} has {have}/ but no {lack}/; add {lack}/<class>/ images beside {have}/ "
+                "(the image-folder layout needs both splits), or point data.root at a folder "
+                "that holds a complete CIFAR-10 copy."
+            )
+    if any(p.is_dir() and p.name in CLASSES for p in root.iterdir()):
+        if root.name in SPLITS:
+            raise UserError(
+                f"{root} looks like the {root.name}/ split itself (its folders are class names); "
+                "pass its parent folder as data.root."
+            )
+        raise UserError(
+            f"{root} looks like a single split (its folders are class names); make it train/ "
+            "or test/ in a folder that holds both splits, and pass that folder as data.root."
+        )
+    image = _first_file(root, ANY_IMAGE_SUFFIXES)
+    if image is not None:
+        raise UserError(
+            f"{root} holds images (e.g. {image.relative_to(root)}) that are not in the "
+            "train/<class>/ and test/<class>/ layout; arrange them so, or point data.root at a "
+            "folder that holds CIFAR-10 (or at an empty one, to download it there)."
+        )
+
+
+def _first_file(folder: Path, suffixes: Iterable[str] | None = None) -> Path | None:
+    """The first file under `folder` (recursively, sorted, hidden names left out), optionally
+    only one whose suffix is in `suffixes`; None when there is none."""
+    for parent, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(f for f in files if not f.startswith(".")):
+            if suffixes is None or Path(name).suffix.lower() in suffixes:
+                return Path(parent) / name
     return None
 
 
@@ -341,19 +395,41 @@ class _ImageSplit:
 
 
 def _check_class_dirs(split_dir: Path) -> None:
-    unknown = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and p.name not in CLASSES)
+    """Refuse folders that are not class names, and files outside the class folders."""
+    entries = sorted(p for p in split_dir.iterdir() if not p.name.startswith("."))
+    unknown = [p.name for p in entries if p.is_dir() and p.name not in CLASSES]
     if unknown:
         raise UserError(
             f"{split_dir} has folders that are not CIFAR-10 classes ({', '.join(unknown)}); "
             f"the class folders must be named {', '.join(CLASSES)}."
         )
+    for entry in entries:
+        if not entry.is_dir():
+            raise UserError(
+                f"{entry} is not in a class folder; move it into {split_dir}/<class>/ or remove it."
+            )
 
 
 def _image_files(class_dir: Path) -> Iterator[Path]:
+    """The images directly in a class folder, sorted; hidden entries are left out, and
+    anything else (a stray or nested file, a broken link) is refused, never skipped."""
     for file in sorted(class_dir.iterdir()):
-        if file.name.startswith(".") or not file.is_file():
+        if file.name.startswith("."):
             continue
-        if file.suffix.lower() not in IMAGE_SUFFIXES:
+        if file.is_symlink() and not file.exists():
+            raise UserError(
+                f"{file} is a broken symbolic link (to {os.readlink(file)}); remove it or "
+                "point it at an image that exists."
+            )
+        if file.is_dir():
+            nested = _first_file(file)
+            if nested is not None:
+                raise UserError(
+                    f"{nested} is in a folder inside the class folder {class_dir}; class folders "
+                    f"are read one level deep, so move it up into {class_dir} or remove it."
+                )
+            continue  # an empty folder (or one of hidden files only): nothing is left unread
+        if not file.is_file() or file.suffix.lower() not in IMAGE_SUFFIXES:
             raise UserError(
                 f"{file} is not an image (.png or .jpg); remove it from the dataset folder."
             )
@@ -387,12 +463,38 @@ def _image_member_key(name: str) -> tuple[str, str, str] | None:
     return match.groups() if match else None  # type: ignore[return-value]
 
 
+def _stray_member_problem(name: str) -> str | None:
+    """Why a file member that is not directly in train/<class>/ or test/<class>/ cannot be
+    left out silently: it is directly in a split folder, or nested deeper in a class folder.
+    None for a member outside the splits, or a hidden one."""
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    splits = [i for i, part in enumerate(parts) if part in SPLITS]
+    if not splits:
+        return None
+    split, rest = parts[splits[0]], parts[splits[0] + 1 :]
+    if any(part.startswith(".") for part in rest):
+        return None
+    if len(rest) == 1:
+        return f"is not in a class folder; move it into {split}/<class>/"
+    folder = f"{split}/{rest[0]}/"
+    return (
+        f"is in a folder inside {folder}; class folders are read one level deep, so move it "
+        f"up into {folder}"
+    )
+
+
 def _read_image_tar(path: Path) -> Cifar10Tensors:
     try:
         with tarfile.open(path) as tar:
             images: list[tuple[str, str, str, tarfile.TarInfo]] = []  # split, class, file, member
             for member in tar.getmembers():  # one pass over the index, to size the buffers
                 key = _image_member_key(member.name)
+                if key is None and member.isfile():
+                    problem = _stray_member_problem(member.name)
+                    if problem is not None:
+                        raise UserError(
+                            f"{path}:{member.name} {problem} or remove it from the archive."
+                        )
                 if key is None or not member.isfile() or key[2].startswith("."):
                     continue
                 split, cls, filename = key
