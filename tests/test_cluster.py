@@ -17,7 +17,7 @@ import torch
 
 from cvexp.checkpoint import load_classifier
 from cvexp.data import CIFAR10DataModule
-from cvexp.runtime.outside_launch import outside_launch, slurm_job_id
+from cvexp.outside_launch import outside_launch, slurm_job_id
 from tests.conftest import BIN, CLI_TINY, TINY_MODEL, run_cli, write_batches_dir
 
 ROOT = Path(__file__).resolve().parents[1]

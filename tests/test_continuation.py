@@ -19,7 +19,7 @@ from cvexp.runtime.continuation import (
     requeued_run,
     resume_command_line,
 )
-from cvexp.runtime.outside_launch import OutsideLaunch
+from cvexp.outside_launch import OutsideLaunch
 
 
 def make_run(path: Path, overrides: list[str], *, cwd: Path, summary: dict | None = None) -> RunDir:

@@ -13,7 +13,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from cvexp.runtime.outside_launch import slurm_job_id
+from cvexp.outside_launch import slurm_job_id
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ import hydra
 from omegaconf import DictConfig
 
 from cvexp.errors import UserError, exit_with_error
+from cvexp.outside_launch import outside_launch
 from cvexp.runtime.config import register_resolvers
 from cvexp.runtime.continuation import resume_command_line
 from cvexp.runtime.exit import exit_on_user_error
 from cvexp.runtime.hydra_app import CONFIG_PATH, VERSION_BASE
-from cvexp.runtime.outside_launch import outside_launch
 
 register_resolvers()
 

@@ -35,9 +35,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from cvexp.errors import UserError
+from cvexp.outside_launch import OutsideLaunch, slurm_restart_count
 from cvexp.run_record import RunDir, override_key
 from cvexp.runtime.hydra_app import in_multirun
-from cvexp.runtime.outside_launch import OutsideLaunch, slurm_restart_count
 
 
 class How(enum.Enum):

@@ -24,6 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from cvexp.errors import UserError, exit_with_error
+from cvexp.outside_launch import outside_launch
 from cvexp.run_record import (
     RECORD_DIR,
     RunDir,
@@ -34,7 +35,6 @@ from cvexp.run_record import (
 )
 from cvexp.runtime.continuation import keep_history, quoted, requeued_run
 from cvexp.runtime.hydra_app import path_safe
-from cvexp.runtime.outside_launch import outside_launch
 from cvexp.runtime.settings import check_settings
 from cvexp.runtime.shared_run_dir import agree_on_run_dir, runs_root
 

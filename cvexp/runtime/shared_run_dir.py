@@ -21,9 +21,9 @@ from pathlib import Path
 from omegaconf import DictConfig, open_dict, read_write
 
 from cvexp.errors import UserError
+from cvexp.outside_launch import OutsideLaunch, slurm_restart_count
 from cvexp.run_record import RunDir, runs_with_launch_records
 from cvexp.runtime.continuation import run_of_slurm_job
-from cvexp.runtime.outside_launch import OutsideLaunch, slurm_restart_count
 
 # how long the other ranks wait for rank 0 to name the directory
 WAIT_SECONDS = 300.0
