@@ -46,10 +46,23 @@ def read_checkpoint(path: str | Path, *, trust: bool = False) -> dict[str, Any]:
     return checkpoint
 
 
+# A checkpoint names its net by import path (`net_config._target_`). When a model moves, its
+# old path maps here to the new one, so that the checkpoints users already have keep loading
+# (tests/test_checkpoint.py loads one written before the package was split into layers).
+MOVED_TARGETS: dict[str, str] = {}
+
+
+def current_target(target: str) -> str:
+    """The import path a checkpoint's `_target_` has today (the same, unless it moved)."""
+    return MOVED_TARGETS.get(target, target)
+
+
 def offline_net_config(net_config: dict[str, Any]) -> dict[str, Any]:
     """The net's config without pretrained-weight loading: a checkpoint already holds every weight,
-    so rebuilding its architecture must neither download nor need the original weights file."""
+    so rebuilding its architecture must neither download nor need the original weights file.
+    A net that moved is built from its new place (MOVED_TARGETS)."""
     config = dict(net_config)
+    config["_target_"] = current_target(str(config["_target_"]))
     if "pretrained" in config:
         config["pretrained"] = False
     if "weights" in config:
