@@ -1,4 +1,5 @@
-"""Tiny cvexp checkpoints, written directly (no training): for cvexp-predict and cvexp-export tests."""
+"""Tiny cvexp checkpoints, written directly (no training): for the tests of the commands that
+read a checkpoint (eval, visualize, predict, export)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,14 @@ NETS: dict[str, dict[str, Any]] = {
         "depth": 1,
         "num_heads": 2,
     },
+    # VGG16's 13 conv layers at 2 to 16 channels: as many layers as the real one, for figures
+    "vgg16": {
+        "_target_": "cvexp.models.vgg.VGG",
+        "depth": 16,
+        "width": 0.03125,
+        "head_width": 16,
+        "dropout": 0.0,
+    },
     "resnet": {
         "_target_": "cvexp.models.resnet_sasa.ResNet",
         "blocks": [1, 1, 1, 1],
@@ -30,20 +39,27 @@ NETS: dict[str, dict[str, Any]] = {
 }
 
 
-def write_tiny_checkpoint(path: Path, kind: str = "vit", seed: int = 0) -> Path:
-    """A checkpoint that `cvexp.checkpoint.load_classifier` rebuilds, with random weights."""
+def write_tiny_checkpoint(
+    path: Path, kind: str = "vit", seed: int = 0, num_classes: int | None = None
+) -> Path:
+    """A checkpoint that `cvexp.checkpoint.load_classifier` rebuilds, with random weights;
+    `num_classes` other than None makes a model of that many classes (as model.num_classes=N)."""
     from hydra.utils import instantiate
 
     torch.manual_seed(seed)
-    net_config = NETS[kind]
-    classifier = ImageClassifier(net=instantiate(net_config))
+    net_config = dict(NETS[kind])
+    hyper_parameters: dict[str, Any] = {}
+    if num_classes is not None:
+        net_config["num_classes"] = num_classes
+        hyper_parameters["num_classes"] = num_classes
+    classifier = ImageClassifier(net=instantiate(net_config), **hyper_parameters)
     classifier.net_config = net_config
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
         {
             "state_dict": classifier.state_dict(),
             "net_config": net_config,
-            "hyper_parameters": {},
+            "hyper_parameters": hyper_parameters,
         },
         path,
     )

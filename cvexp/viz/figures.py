@@ -11,11 +11,13 @@ import torch
 
 
 def save_figure(fig: plt.Figure, path: str | Path) -> Path:
-    """Write a figure as PNG (creating its folder) and close it."""
+    """Write a figure as PNG (creating its folder) and close it, written or not."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -2,12 +2,12 @@
 
 Every cvexp net has `forward_intermediates` (per-layer outputs, timm's convention); nets
 with attention also have `attention_maps`. `cvexp-visualize` and the TensorBoard figures
-callback both draw through `network_figures`.
+callback both draw through `iter_network_figures`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import matplotlib.pyplot as plt
 import torch
@@ -58,7 +58,26 @@ def network_figures(
     top_k: int = 16,
     every_layer: bool = True,
 ) -> dict[str, plt.Figure]:
-    """Figures for one image, by relative file name (without .png).
+    """Every figure of `iter_network_figures` at once, by relative file name (without .png):
+    for a few figures (the training callback's); the caller closes them."""
+    return dict(
+        iter_network_figures(
+            net, image, caption=caption, layers=layers, top_k=top_k, every_layer=every_layer
+        )
+    )
+
+
+def iter_network_figures(
+    net: nn.Module,
+    image: torch.Tensor,
+    *,
+    caption: str,
+    layers: Sequence[int] | None = None,
+    top_k: int = 16,
+    every_layer: bool = True,
+) -> Iterator[tuple[str, plt.Figure]]:
+    """Figures for one image, as (relative file name without .png, figure), drawn one at a time
+    as they are asked for, so that a caller that saves and closes each keeps one open at a time.
 
     With `every_layer`: `filters/layerNN` and `feature_maps/layerNN` for each chosen layer,
     `overview` (the image through the chosen layers), and attention: `attention/blockNN` per
@@ -66,45 +85,71 @@ def network_figures(
     attention layer; for the scratch ViT, `vit_pipeline` (the image, its patches, and a few
     patches' vectors and embeddings). Without: only `filters` (first layer), `feature_maps`
     (the overview) and `attention`.
-    Raises IndexError for a layer out of range.
+    Raises IndexError for a layer out of range, at once, before any figure is drawn.
     """
     outputs = layer_outputs(net, image)
-    image = image.float().cpu()
     chosen = take_indices(len(outputs), layers)
+    image = image.float().cpu()
+    attentions = attention_of(net, image)
+    # a ViT's attention: (1, heads, T, T) per block, drawn for the chosen blocks
+    blocks = (
+        take_indices(len(attentions), layers if layers is not None else [-1])
+        if attentions and attentions[0].ndim == 4
+        else None
+    )
+    return _draw(net, image, outputs, chosen, attentions, blocks, caption, top_k, every_layer)
+
+
+def _draw(
+    net: nn.Module,
+    image: torch.Tensor,
+    outputs: list[torch.Tensor],
+    chosen: list[int],
+    attentions: list[torch.Tensor],
+    blocks: list[int] | None,
+    caption: str,
+    top_k: int,
+    every_layer: bool,
+) -> Iterator[tuple[str, plt.Figure]]:
+    """The figures of `iter_network_figures`, from the outputs it computed."""
     convs = spatial_convs(net)
-    figures: dict[str, plt.Figure] = {}
     if convs and not every_layer:
-        figures["filters"] = filters_figure(convs[0][1], title=f"{caption}: first conv layer")
+        yield "filters", filters_figure(convs[0][1], title=f"{caption}: first conv layer")
     for index in chosen if every_layer else []:
         if index < len(convs):
             name, conv = convs[index]
             shape = tuple(conv.weight.shape)
-            figures[f"filters/layer{index:02d}"] = filters_figure(
-                conv, title=f"layer {index} ({name}) filters {shape}"
+            yield (
+                f"filters/layer{index:02d}",
+                filters_figure(conv, title=f"layer {index} ({name}) filters {shape}"),
             )
         maps = outputs[index]
-        figures[f"feature_maps/layer{index:02d}"] = feature_grid_figure(
-            maps, title=f"layer {index} feature maps {tuple(maps.shape)}\n{caption}", k=top_k
+        yield (
+            f"feature_maps/layer{index:02d}",
+            feature_grid_figure(
+                maps, title=f"layer {index} feature maps {tuple(maps.shape)}\n{caption}", k=top_k
+            ),
         )
-    figures["overview" if every_layer else "feature_maps"] = overview_figure(
-        image, {f"layer {i}": outputs[i] for i in chosen}, title=caption
+    yield (
+        "overview" if every_layer else "feature_maps",
+        overview_figure(image, {f"layer {i}": outputs[i] for i in chosen}, title=caption),
     )
     if every_layer and isinstance(net, VisionTransformer):  # the course's ViT: its first steps
-        figures["vit_pipeline"] = vit_pipeline_figure(net, image.to(_device(net)), caption)
-    attentions = attention_of(net, image)
-    if attentions and attentions[0].ndim == 4:  # a ViT: (1, heads, T, T) per block
-        blocks = take_indices(len(attentions), layers if layers is not None else [-1])
+        yield "vit_pipeline", vit_pipeline_figure(net, image.to(_device(net)), caption)
+    if blocks is not None:  # a ViT
         if every_layer:
             for b in blocks:
-                figures[f"attention/block{b:02d}"] = attention_figure(
-                    image, attentions, blocks=[b], title=f"block {b}\n{caption}"
+                yield (
+                    f"attention/block{b:02d}",
+                    attention_figure(image, attentions, blocks=[b], title=f"block {b}\n{caption}"),
                 )
-        figures["attention/rollout" if every_layer else "attention"] = attention_figure(
-            image, attentions, blocks=blocks, title=caption
+        yield (
+            "attention/rollout" if every_layer else "attention",
+            attention_figure(image, attentions, blocks=blocks, title=caption),
         )
     elif attentions:  # local self-attention: (1, heads, k*k, h, w) per layer
         last = len(attentions) - 1
-        figures[f"attention/layer{last:02d}" if every_layer else "attention"] = (
-            local_attention_figure(image, attentions[last], layer=last, title=caption)
+        yield (
+            f"attention/layer{last:02d}" if every_layer else "attention",
+            local_attention_figure(image, attentions[last], layer=last, title=caption),
         )
-    return figures
