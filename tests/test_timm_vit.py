@@ -10,7 +10,6 @@ import safetensors.torch
 import timm
 import torch
 import torch.nn.functional as F
-from cvexp.evaluate import evaluate
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -18,6 +17,7 @@ from omegaconf import open_dict
 
 from cvexp.classifier import ImageClassifier
 from cvexp.errors import UserError
+from cvexp.evaluation import evaluate
 from cvexp.models.timm_vit import TimmClassifier
 from cvexp.training import train
 

@@ -1,4 +1,5 @@
-"""cvexp-eval: test a checkpoint; write metrics, per-class accuracy and a confusion matrix."""
+"""Test a checkpoint on the official CIFAR-10 test set; write metrics, per-class accuracy and a
+confusion matrix (what `cvexp-eval` runs)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
@@ -17,8 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 from cvexp.checkpoint import load_classifier
 from cvexp.data.formats import CLASSES
 from cvexp.errors import UserError
-from cvexp.runtime.exit import exit_on_user_error
-from cvexp.runtime.hydra_app import CONFIG_PATH, VERSION_BASE, register_resolvers
+from cvexp.models.outputs import logit_count
 from cvexp.viz.confusion import confusion_matrix_figure, plot_confusion_matrix
 
 
@@ -28,6 +27,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise UserError("cvexp-eval needs a checkpoint; pass ckpt_path=<path to a .ckpt file>.")
     out_dir = Path(cfg.paths.output_dir)
     classifier, checkpoint = load_classifier(cfg.ckpt_path, trust=cfg.trust_checkpoint)
+    classes = logit_count(classifier)
+    if classes != len(CLASSES):  # before the test and before anything is written
+        raise UserError(
+            f"{cfg.ckpt_path} is a model of {classes} classes, but the CIFAR-10 test set has "
+            f"{len(CLASSES)}; pass a checkpoint trained with model.num_classes={len(CLASSES)} "
+            "(the default)."
+        )
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     trainer: L.Trainer = instantiate(
         cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False
@@ -77,17 +83,3 @@ def log_to_tensorboard(
         "test/confusion_matrix", confusion_matrix_figure(confusion, CLASSES, title=title), 0
     )
     writer.close()
-
-
-register_resolvers()
-
-
-@hydra.main(version_base=VERSION_BASE, config_path=CONFIG_PATH, config_name="eval")
-@exit_on_user_error
-def main(cfg: DictConfig) -> None:
-    """Console entry point `cvexp-eval`."""
-    evaluate(cfg)
-
-
-if __name__ == "__main__":
-    main()
