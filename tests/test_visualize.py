@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -11,12 +12,12 @@ from omegaconf import OmegaConf
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from cvexp.checkpoint_figures import visualize
+from cvexp.errors import UserError
 from cvexp.models.intermediates import take_indices
 from cvexp.models.vgg import VGG
 from cvexp.models.vit import VisionTransformer
-from cvexp.errors import UserError
-from cvexp.train import train
-from cvexp.visualize import visualize
+from cvexp.training import train
 from cvexp.viz.attention import attention_figure, attention_rollout
 from cvexp.viz.features import (
     feature_grid_figure,
@@ -27,6 +28,7 @@ from cvexp.viz.features import (
 from cvexp.viz.figures import save_figure
 from cvexp.viz.network import layer_outputs, spatial_convs
 from tests.conftest import run_cli, snapshot
+from tests.tiny_checkpoint import write_tiny_checkpoint
 
 TINY_VIT = {"embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0}
 
@@ -266,3 +268,75 @@ def test_visualize_draws_every_resnet26_variant(
     has_attention = any(f.startswith("attention/layer") for f in files)
     assert has_filters == (model != "resnet26_full_sasa")  # full attention: no spatial conv
     assert has_attention == (model != "resnet26")
+
+
+def visualize_config(ckpt: Path, out: Path, **keys) -> OmegaConf:
+    """cvexp-visualize's keys, as conf/visualize.yaml has them, for a direct call."""
+    return OmegaConf.create(
+        {
+            "ckpt_path": str(ckpt),
+            "data": {"root": str(out.parent / "no_data")},
+            "paths": {"output_dir": str(out)},
+            "image": None,
+            "test_index": 0,
+            "layers": None,
+            "top_k": 4,
+            "trust_checkpoint": False,
+            **keys,
+        }
+    )
+
+
+def test_a_vgg16_leaves_no_figure_open(tmp_path: Path) -> None:
+    # VGG16 has 13 conv layers: 28 figures, more than matplotlib's 20 open at once
+    ckpt = write_tiny_checkpoint(tmp_path / "vgg16.ckpt", "vgg16")
+    picture = tmp_path / "cat.png"
+    Image.new("RGB", (32, 32), (200, 120, 40)).save(picture)
+    plt.close("all")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="More than 20 figures have been opened")
+        done = visualize(visualize_config(ckpt, tmp_path / "viz", image=str(picture)))
+    assert len(done["files"]) == 28
+    assert plt.get_fignums() == []
+
+
+def test_a_twelve_class_model_names_its_extra_classes(tmp_path: Path, data_root: Path) -> None:
+    ckpt = write_tiny_checkpoint(tmp_path / "twelve.ckpt", "resnet", num_classes=12)
+    checkpoint = torch.load(ckpt, weights_only=True)
+    checkpoint["state_dict"]["net.head.bias"][11] = (
+        100.0  # it predicts class 11, whatever the image
+    )
+    torch.save(checkpoint, ckpt)
+    plt.close("all")
+    done = visualize(visualize_config(ckpt, tmp_path / "viz", data={"root": str(data_root)}))
+    assert done["predicted"] == "class 11"
+    assert (tmp_path / "viz" / "prediction.png").stat().st_size > 0
+    assert plt.get_fignums() == []
+
+
+@pytest.mark.slow
+def test_visualize_cli_on_a_twelve_class_model(tmp_path: Path) -> None:
+    ckpt = write_tiny_checkpoint(tmp_path / "twelve.ckpt", "resnet", num_classes=12)
+    checkpoint = torch.load(ckpt, weights_only=True)
+    checkpoint["state_dict"]["net.head.bias"][10] = 100.0
+    torch.save(checkpoint, ckpt)
+    picture = tmp_path / "cat.png"
+    Image.new("RGB", (32, 32), (200, 120, 40)).save(picture)
+    result = run_cli("cvexp-visualize", f"ckpt_path={ckpt}", f"image={picture}", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    (out,) = (tmp_path / "outputs" / "visualize").glob("*/*")
+    assert (out / "prediction.png").is_file()
+
+
+def test_without_data_or_image_the_message_names_what_works(tmp_path: Path) -> None:
+    ckpt = write_tiny_checkpoint(tmp_path / "vit.ckpt", "vit")
+    with pytest.raises(UserError) as refused:
+        visualize(visualize_config(ckpt, tmp_path / "viz"))
+    message = str(refused.value)
+    assert "No CIFAR-10 found" in message and "never downloads" in message
+    assert "image=" in message and "data.root=" in message
+    assert (
+        "data.download" not in message
+    )  # cvexp-visualize never downloads: it would change nothing
+    assert not (tmp_path / "viz").exists()

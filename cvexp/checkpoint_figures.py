@@ -1,8 +1,8 @@
-"""cvexp-visualize: filters, per-layer feature maps and attention maps of a checkpoint, as PNGs.
+"""The figures of a checkpoint: its filters, the feature maps of one image through its layers,
+its attention maps and its prediction for that image, as PNGs (what `cvexp-visualize` runs).
 
-cvexp-visualize ckpt_path=.../best.ckpt                        # test image 0 of CIFAR-10
-cvexp-visualize ckpt_path=.../best.ckpt image=cat.png          # any image file
-cvexp-visualize ckpt_path=.../best.ckpt test_index=123 layers=[0,4,10]
+The image is any image file, or a test image of the CIFAR-10 copy at data.root (never
+downloaded here).
 """
 
 from __future__ import annotations
@@ -10,18 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig
 
 from cvexp.checkpoint import load_classifier
 from cvexp.data import CLASSES, CIFAR10DataModule
+from cvexp.data.formats import find_source
 from cvexp.data.image_files import IMAGE_SIZE, UnreadableImage, read_image_with_size
 from cvexp.errors import UserError
-from cvexp.runtime.exit import exit_on_user_error
-from cvexp.runtime.hydra_app import CONFIG_PATH, VERSION_BASE, register_resolvers
 from cvexp.viz.figures import predictions_figure, save_figure
-from cvexp.viz.network import network_figures
+from cvexp.viz.network import iter_network_figures
 
 
 def load_image_file(path: str | Path) -> torch.Tensor:
@@ -47,11 +45,18 @@ def load_test_image(cfg: DictConfig) -> tuple[torch.Tensor, int]:
     """Test image `test_index` of the CIFAR-10 copy at data.root (never downloaded here)."""
     datamodule = CIFAR10DataModule(cfg.data.root, download=False, cache=True)
     try:
-        datamodule.setup("test")
-    except UserError as error:
+        found = find_source(datamodule.root) is not None
+        if found:
+            datamodule.setup("test")
+    except UserError as error:  # a copy that cannot be read
         raise UserError(
             f"{error} Without the dataset, pass image=<path to an image file> instead."
         ) from None
+    if not found:
+        raise UserError(
+            f"No CIFAR-10 found at {datamodule.root}, and cvexp-visualize never downloads it; "
+            "pass image=<path to an image file>, or data.root=<a folder that holds CIFAR-10>."
+        )
     count = len(datamodule.data.test_labels)
     if not 0 <= cfg.test_index < count:
         raise UserError(
@@ -61,12 +66,24 @@ def load_test_image(cfg: DictConfig) -> tuple[torch.Tensor, int]:
     return image, int(datamodule.data.test_labels[cfg.test_index])
 
 
+def class_names(count: int) -> list[str]:
+    """Names for the outputs of a model of `count` classes: CIFAR-10's ten (cvexp trains on
+    their labels, 0 to 9), then `class 10`, `class 11`, ... for any further outputs."""
+    return [*CLASSES, *(f"class {i}" for i in range(len(CLASSES), count))]
+
+
 def visualize(cfg: DictConfig) -> dict[str, Any]:
-    """Write the figures for one image into the output dir; returns the written paths."""
+    """Write the figures for one image into the output dir; returns the written paths.
+
+    Each figure is saved and closed before the next is drawn: none is left open.
+    """
     if not cfg.get("ckpt_path"):
         raise UserError(
             "cvexp-visualize needs a checkpoint; pass ckpt_path=<path to a .ckpt file>."
         )
+    top_k = cfg.get("top_k")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise UserError(f"top_k={top_k} is not valid: it would show nothing; pass top_k=1 or more.")
     classifier, _ = load_classifier(cfg.ckpt_path, trust=cfg.trust_checkpoint)
     if cfg.get("image"):
         image, label, source = load_image_file(cfg.image), None, Path(cfg.image).name
@@ -75,38 +92,24 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
         source = f"test image {cfg.test_index}"
     with torch.no_grad():
         probabilities = classifier(image[None]).softmax(dim=1)[0]
+    names = class_names(len(probabilities))
     predicted = int(probabilities.argmax())
     truth = f", true: {CLASSES[label]}" if label is not None else ""
-    caption = f"{source}: predicted {CLASSES[predicted]} ({probabilities[predicted]:.0%}){truth}"
+    caption = f"{source}: predicted {names[predicted]} ({probabilities[predicted]:.0%}){truth}"
     out = Path(cfg.paths.output_dir)
-    layers = cfg.get("layers")
     try:
-        figures = network_figures(
-            classifier.net, image, caption=caption, layers=layers, top_k=cfg.top_k
+        figures = iter_network_figures(
+            classifier.net, image, caption=caption, layers=cfg.get("layers"), top_k=top_k
         )
     except IndexError as error:
         raise UserError(f"{error}; pass layers=[...] with indices in that range.") from None
-    written = [save_figure(fig, out / f"{name}.png") for name, fig in figures.items()]
+    written = [save_figure(fig, out / f"{name}.png") for name, fig in figures]
     labels = torch.tensor([label if label is not None else predicted])
     written.append(
         save_figure(
-            predictions_figure(image[None], probabilities[None], labels, CLASSES, title=caption),
+            predictions_figure(image[None], probabilities[None], labels, names, title=caption),
             out / "prediction.png",
         )
     )
     print(f"wrote {len(written)} figures to {out}")
-    return {"out_dir": out, "files": written, "predicted": CLASSES[predicted]}
-
-
-register_resolvers()
-
-
-@hydra.main(version_base=VERSION_BASE, config_path=CONFIG_PATH, config_name="visualize")
-@exit_on_user_error
-def main(cfg: DictConfig) -> None:
-    """Console entry point `cvexp-visualize`."""
-    visualize(cfg)
-
-
-if __name__ == "__main__":
-    main()
+    return {"out_dir": out, "files": written, "predicted": names[predicted]}
