@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
 from cvexp.checkpoint import load_classifier
@@ -21,9 +20,14 @@ from cvexp.data.image_files import (
     read_image_with_size,
     read_images,
 )
-from cvexp.predict import predict
 from cvexp.errors import UserError
-from cvexp.runtime.hydra_app import compose_config
+from cvexp.prediction import (
+    check_output_folder,
+    predict,
+    save_prediction_grid,
+    write_predictions_csv,
+    write_skipped_csv,
+)
 from tests.conftest import assert_one_clear_error, run_cli
 from tests.tiny_checkpoint import write_tiny_checkpoint
 
@@ -90,17 +94,6 @@ def checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture
 def images(tmp_path: Path) -> Path:
     return write_image_folder(tmp_path / "images")
-
-
-@pytest.fixture
-def compose_predict(tmp_path: Path):
-    """Compose the real predict config (run dir under tmp_path), as the console script would."""
-
-    def _compose(*overrides: str):
-        return compose_config("predict", list(overrides), tmp_path / "run")
-
-    yield _compose
-    GlobalHydra.instance().clear()
 
 
 # ---------------------------------------------------------------- reading image files
@@ -219,44 +212,87 @@ def test_predict_cli_bad_input_exits_2(
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
-def test_predict_function_options_and_refusals(
-    tmp_path: Path, images: Path, checkpoint: Path, compose_predict
+def test_predict_returns_a_table_that_the_writers_write(
+    tmp_path: Path, images: Path, checkpoint: Path
 ) -> None:
-    base = [f"ckpt_path={checkpoint}"]
-    out = tmp_path / "single"
-    done = predict(
-        compose_predict(
-            *base, f"inputs={images / 'photo.jpg'}", "top_k=10", "grid_size=0", f"out={out}"
-        )
-    )
-    assert done["grid_png"] is None and not (out / "predictions.png").exists()
-    header, rows = read_rows(done["predictions_csv"])
+    table = predict(checkpoint, images / "photo.jpg", top_k=10)
+    assert [r.file for r in table.rows] == ["photo.jpg"] and table.skipped == []
+    assert table.top_k == 10 and len(table.rows[0].classes) == 10
+    assert sum(table.rows[0].probabilities) == pytest.approx(1, abs=1e-4)
+    assert table.resized == 1  # photo.jpg is 50x40
+    assert table.probabilities.shape == (1, 10)
+    csv_path = write_predictions_csv(table, tmp_path / "single" / "predictions.csv")
+    header, rows = read_rows(csv_path)
     assert [r["file"] for r in rows] == ["photo.jpg"] and len(header) == 1 + 2 * 10
-    assert sum(float(rows[0][f"prob_{k}"]) for k in range(1, 11)) == pytest.approx(1, abs=1e-4)
-    before = (out / "predictions.csv").read_bytes()
+    assert rows[0]["class_1"] == table.rows[0].classes[0]
+    assert float(rows[0]["prob_1"]) == pytest.approx(table.rows[0].probabilities[0], abs=1e-6)
     with pytest.raises(UserError, match=r"never overwrites.*out=.*single-1"):
-        predict(compose_predict(*base, f"inputs={images}", f"out={out}"))
-    assert (out / "predictions.csv").read_bytes() == before
+        check_output_folder(tmp_path / "single")
 
-    # the run's own directory when out= is not given; a small grid; tiny batches
-    done = predict(compose_predict(*base, f"inputs={images}", "grid_size=2", "batch_size=3"))
-    assert done["out_dir"] == tmp_path / "run" and done["classified"] == len(READABLE)
-    assert (tmp_path / "run" / "predictions.png").is_file()
+    # a folder: every readable image a row, in file order; the corrupt ones skipped, with why
+    table = predict(checkpoint, images, batch_size=3)
+    assert [r.file for r in table.rows] == READABLE
+    assert [s.file for s in table.skipped] == CORRUPT
+    assert all(s.reason for s in table.skipped)
+    grid = save_prediction_grid(table, tmp_path / "grid.png", count=2, title="two")
+    assert grid is not None and grid.stat().st_size > 0
+    assert save_prediction_grid(table, tmp_path / "none.png", count=0, title="") is None
+    assert not (tmp_path / "none.png").exists()
+    _, skipped = read_rows(write_skipped_csv(table, tmp_path / "skipped.csv"))
+    assert [r["file"] for r in skipped] == CORRUPT
 
+
+def test_predict_refusals(tmp_path: Path, images: Path, checkpoint: Path) -> None:
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     (tmp_path / "empty" / "readme.txt").write_text("no images here")
     (tmp_path / "corrupt").mkdir()
     for name in CORRUPT:
         (tmp_path / "corrupt" / name).write_bytes((images / name).read_bytes())
-    for overrides, fragment in [
-        ([f"inputs={tmp_path / 'empty'}"], "No image files under"),
-        ([f"inputs={images / 'broken.png'}"], "is not a readable image"),
-        ([f"inputs={tmp_path / 'corrupt'}"], "None of the 2 files under .* could be read"),
-        ([f"inputs={images}", "top_k=11"], "pass top_k between 1 and 10"),
-        ([f"inputs={images}", "batch_size=0"], "batch_size=0 is not valid"),
-        ([f"inputs={images}", "device=tpu"], "device=tpu is not a device"),
-        ([f"inputs={images}", "device=cuda:99"], "device=cuda:99"),
+    for inputs, options, fragment in [
+        (tmp_path / "empty", {}, "No image files under"),
+        (images / "broken.png", {}, "is not a readable image"),
+        (tmp_path / "corrupt", {}, "None of the 2 files under .* could be read"),
+        (images, {"top_k": 11}, "pass top_k between 1 and 10"),
+        (images, {"top_k": 0}, "top_k=0 is not valid"),
+        (images, {"batch_size": 0}, "batch_size=0 is not valid"),
+        (images, {"device": "tpu"}, "device=tpu is not a device"),
+        (images, {"device": "cuda:99"}, "device=cuda:99"),
     ]:
         with pytest.raises(UserError, match=fragment):
-            predict(compose_predict(*base, *overrides, f"out={tmp_path / 'unused'}"))
-    assert not (tmp_path / "unused" / "predictions.csv").exists()
+            predict(checkpoint, inputs, **options)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        check_output_folder(tmp_path / "a_file")
+
+
+def test_a_broken_link_is_skipped_with_its_reason(tmp_path: Path, checkpoint: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (32, 32), (200, 120, 40)).save(folder / "cat.png")
+    (folder / "gone.png").symlink_to(tmp_path / "deleted.png")  # its target does not exist
+    assert find_images(folder) == [folder / "cat.png", folder / "gone.png"]
+    table = predict(checkpoint, folder)
+    assert [r.file for r in table.rows] == ["cat.png"]
+    (skipped,) = table.skipped
+    assert skipped.file == "gone.png"
+    assert "broken symbolic link" in skipped.reason and "deleted.png" in skipped.reason
+    _, rows = read_rows(write_skipped_csv(table, tmp_path / "skipped.csv"))
+    assert rows == [{"file": "gone.png", "reason": skipped.reason}]
+
+
+@pytest.mark.slow
+def test_predict_cli_lists_a_broken_link_in_skipped_csv(tmp_path: Path, checkpoint: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (32, 32), (200, 120, 40)).save(folder / "cat.png")
+    (folder / "gone.png").symlink_to(tmp_path / "deleted.png")
+    result = run_cli(
+        "cvexp-predict", f"ckpt_path={checkpoint}", f"inputs={folder}", "out=preds", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "skipped gone.png: a broken symbolic link" in result.stdout
+    _, predicted = read_rows(tmp_path / "preds" / "predictions.csv")
+    _, skipped = read_rows(tmp_path / "preds" / "skipped.csv")
+    assert [r["file"] for r in predicted] == ["cat.png"]
+    assert [r["file"] for r in skipped] == ["gone.png"]
+    assert "broken symbolic link" in skipped[0]["reason"]

@@ -9,6 +9,7 @@ skip it with a note instead of stopping.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -42,8 +43,9 @@ class UnreadableImage(UserError):
 def find_images(path: str | Path) -> list[Path]:
     """The image files under a folder (recursively, by suffix, in sorted order), or the one file given.
 
-    Hidden files and folders (names starting with '.') are left out. Raises UserError for a
-    path that does not exist.
+    Hidden files and folders (names starting with '.') are left out; broken symbolic links are
+    kept, so that reading them reports them as unreadable. Raises UserError for a path that
+    does not exist.
     """
     root = Path(path).expanduser()
     if root.is_file():
@@ -57,7 +59,7 @@ def find_images(path: str | Path) -> list[Path]:
         for p in root.rglob("*")
         if p.suffix.lower() in IMAGE_SUFFIXES
         and not any(part.startswith(".") for part in p.relative_to(root).parts)
-        and p.is_file()
+        and (p.is_file() or _broken_link(p))  # a broken link is found, then skipped with why
     ]
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
@@ -92,9 +94,17 @@ def read_image_with_size(
             file, f"{_first_line(err)}; Pillow refuses images this large as a safety measure"
         ) from None
     except FileNotFoundError:
+        if _broken_link(file):
+            reason = f"a broken symbolic link: {os.readlink(file)} does not exist"
+            raise UnreadableImage(file, reason) from None
         raise UnreadableImage(file, "no such file") from None
     except Exception as err:  # a corrupt file makes Pillow's decoders fail in many ways
         raise UnreadableImage(file, _first_line(err)) from None
+
+
+def _broken_link(path: Path) -> bool:
+    """Whether `path` is a symbolic link whose target does not exist."""
+    return path.is_symlink() and not path.exists()
 
 
 def _upright_size(img: Image.Image) -> tuple[int, int]:
