@@ -10,12 +10,12 @@ import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
 
-import cvexp.export as export_module
+import cvexp.checkpoint_export as export_module
 from cvexp.checkpoint import load_classifier
-from cvexp.deploy import load_torchscript, require
-from cvexp.export import export
+from cvexp.checkpoint_export import export_checkpoint
 from cvexp.errors import UserError
-from cvexp.runtime.hydra_app import compose_config
+from cvexp.export_formats import load_torchscript, require
+from cvexp.runtime.config import compose_config
 from tests.conftest import run_cli
 from tests.tiny_checkpoint import write_tiny_checkpoint
 
@@ -63,7 +63,7 @@ def test_torchscript_export_matches_pytorch(
     cfg = compose_export(
         f"ckpt_path={checkpoints[kind]}", "format=torchscript", f"data.root={data_root}"
     )
-    record = export(cfg)
+    record = export_checkpoint(cfg)
     path = tmp_path / "run" / "model.pt"
     assert record["passed"] and Path(record["file"]) == path.resolve()
     assert record["parity"]["max_abs_diff"] <= 1e-4 and record["parity"]["top1_all_agree"]
@@ -93,7 +93,7 @@ def test_onnx_export_matches_pytorch(
     cfg = compose_export(
         f"ckpt_path={checkpoints[kind]}", "format=onnx", f"out={out}", f"onnx.exporter={exporter}"
     )
-    record = export(cfg)
+    record = export_checkpoint(cfg)
     assert record["passed"] and record["parity"]["max_abs_diff"] <= 1e-3
     assert record["parity"]["sources"] == ["9 random"]  # no CIFAR-10 at data.root
     if exporter == "legacy" or importlib.util.find_spec("onnxscript") is None:
@@ -111,19 +111,44 @@ def test_onnx_export_matches_pytorch(
 def test_export_never_overwrites(tmp_path: Path, checkpoints, compose_export) -> None:
     out = tmp_path / "deploy" / "model.pt"
     ckpt = f"ckpt_path={checkpoints['resnet']}"
-    export(compose_export(ckpt, "format=torchscript", f"out={out}"))
+    export_checkpoint(compose_export(ckpt, "format=torchscript", f"out={out}"))
     before = out.read_bytes()
     with pytest.raises(UserError, match=r"never overwrites.*out=.*model-1\.pt"):
-        export(compose_export(ckpt, "format=torchscript", f"out={out}", run_dir=tmp_path / "run2"))
+        export_checkpoint(
+            compose_export(ckpt, "format=torchscript", f"out={out}", run_dir=tmp_path / "run2")
+        )
     assert out.read_bytes() == before
     # a folder as out= gets model.pt inside it: the same file, refused too
     with pytest.raises(UserError, match="never overwrites"):
-        export(
+        export_checkpoint(
             compose_export(ckpt, "format=torchscript", f"out={out.parent}", run_dir=tmp_path / "r3")
         )
     # and a run directory that already has an export.json is not written into again
     with pytest.raises(UserError, match=r"export\.json already exists"):
-        export(compose_export(ckpt, "format=torchscript", f"out={tmp_path / 'other.pt'}"))
+        export_checkpoint(
+            compose_export(ckpt, "format=torchscript", f"out={tmp_path / 'other.pt'}")
+        )
+
+
+def test_an_existing_file_of_another_kind_gets_a_model_name_suggested(
+    tmp_path: Path, checkpoints, compose_export
+) -> None:
+    # out= names a file that exists, and is no model: the run's summary.json, say
+    run = tmp_path / "a_run"
+    run.mkdir()
+    (run / "summary.json").write_text("{}")
+    ckpt = f"ckpt_path={checkpoints['resnet']}"
+    with pytest.raises(UserError, match="never overwrites") as refused:
+        export_checkpoint(compose_export(ckpt, "format=torchscript", f"out={run / 'summary.json'}"))
+    assert f"out={run / 'model.pt'} " in str(refused.value)
+    assert "summary-1" not in str(refused.value)
+    # a model file of the format's own suffix gets the next free name of its own
+    (run / "cifar.onnx").write_bytes(b"an earlier export")
+    (run / "cifar-1.onnx").write_bytes(b"another")
+    with pytest.raises(UserError, match="never overwrites") as refused:
+        export_checkpoint(compose_export(ckpt, "format=onnx", f"out={run / 'cifar.onnx'}"))
+    assert f"out={run / 'cifar-2.onnx'} " in str(refused.value)
+    assert (run / "summary.json").read_text() == "{}"
 
 
 def test_export_fails_clearly_when_parity_fails(
@@ -136,7 +161,7 @@ def test_export_fails_clearly_when_parity_fails(
     monkeypatch.setitem(export_module.LOADERS, "torchscript", drifting)
     cfg = compose_export(f"ckpt_path={checkpoints['resnet']}", "format=torchscript")
     with pytest.raises(UserError, match=r"differ from PyTorch's by up to 0\.01.*tolerance 0\.0001"):
-        export(cfg)
+        export_checkpoint(cfg)
     run_dir = tmp_path / "run"
     assert not (run_dir / "model.pt").exists()
     assert (run_dir / "model.parity-failed.pt").is_file()
@@ -154,7 +179,7 @@ def test_export_bad_options(checkpoints, compose_export) -> None:
         (["ckpt_path=missing.ckpt", "format=torchscript"], "Checkpoint not found"),
     ]:
         with pytest.raises(UserError, match=fragment):
-            export(compose_export(*overrides))
+            export_checkpoint(compose_export(*overrides))
     with pytest.raises(UserError, match=r'pip install -e "\.\[export\]"'):
         require("no_such_module_for_cvexp", "ONNX export")
 

@@ -1,10 +1,8 @@
-"""cvexp-export: a checkpoint as a deployable TorchScript or ONNX model, checked against PyTorch.
-
-cvexp-export ckpt_path=.../best.ckpt format=torchscript            # <run dir>/model.pt
-cvexp-export ckpt_path=.../best.ckpt format=onnx out=deploy/cifar.onnx
+"""Export a checkpoint as a model file: write it in the format asked for, check it against
+PyTorch, and record the result in export.json (what `cvexp-export` runs).
 
 The model takes float images (B, 3, 32, 32) in [0, 1] and returns logits; the net's own
-normalisation is inside it.
+normalisation is inside it. The formats themselves are in `cvexp.export_formats`.
 """
 
 from __future__ import annotations
@@ -14,13 +12,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig
 
 from cvexp.checkpoint import load_classifier
+from cvexp.data import CIFAR10DataModule
 from cvexp.data.image_files import IMAGE_SIZE
-from cvexp.deploy import (
+from cvexp.errors import UserError
+from cvexp.export_formats import (
     FORMATS,
     LOADERS,
     TOLERANCES,
@@ -30,13 +29,12 @@ from cvexp.deploy import (
     parity,
     require,
 )
-from cvexp.errors import UserError
-from cvexp.runtime.exit import exit_on_user_error
-from cvexp.runtime.hydra_app import CONFIG_PATH, VERSION_BASE, register_resolvers
+from cvexp.models.outputs import logit_count
 
 
-def export(cfg: DictConfig) -> dict[str, Any]:
-    """Export `cfg.ckpt_path` in `cfg.format`, check parity, write the model and export.json."""
+def export_checkpoint(cfg: DictConfig) -> dict[str, Any]:
+    """Export `cfg.ckpt_path` in `cfg.format`, check parity, write the model and export.json;
+    returns what export.json records."""
     if not cfg.get("ckpt_path"):
         raise UserError("cvexp-export needs a checkpoint; pass ckpt_path=<path to a .ckpt file>.")
     fmt = cfg.get("format")
@@ -58,7 +56,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     if path.exists():
         raise UserError(
             f"{path} already exists, and cvexp-export never overwrites a file; "
-            f"pass out={fresh_name(path)} (or another new path)."
+            f"pass out={new_model_path(path, fmt)} (or another new path)."
         )
     if record_path.exists():
         raise UserError(
@@ -89,7 +87,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         "ckpt_path": str(Path(str(cfg.ckpt_path)).resolve()),
         "net": (classifier.net_config or {}).get("_target_"),
         "input": {"name": "images", "shape": ["batch", 3, IMAGE_SIZE, IMAGE_SIZE], "range": [0, 1]},
-        "output": {"name": "logits", "shape": ["batch", result_classes(model)]},
+        "output": {"name": "logits", "shape": ["batch", logit_count(model)]},
         **details,
         "parity": {**result, "tolerance": tolerance, "sources": sources},
         "passed": result["max_abs_diff"] <= tolerance,
@@ -131,6 +129,14 @@ def model_path(cfg: DictConfig, fmt: str) -> Path:
     return out / name if out.is_dir() or str(cfg.out).endswith(("/", os.sep)) else out
 
 
+def new_model_path(path: Path, fmt: str) -> Path:
+    """A name to suggest instead of `path`, which exists: path-1, path-2, ... when it has the
+    format's suffix, else model<suffix> (model-1<suffix>, ...) in its folder, never another
+    kind of file's name (such as summary-1.json for out=<a run>/summary.json)."""
+    suffix = FORMATS[fmt]
+    return fresh_name(path if path.suffix == suffix else path.with_name(f"model{suffix}"))
+
+
 def fresh_name(path: Path) -> Path:
     """`path`, or path-1, path-2, ... (before the suffix): the first that does not exist."""
     candidate, n = path, 0
@@ -161,8 +167,6 @@ def parity_batches(cfg: DictConfig) -> tuple[list[torch.Tensor], list[str]]:
 def cifar10_test_images(root: str, count: int) -> torch.Tensor | None:
     """The first `count` CIFAR-10 test images at `root` as (N, 3, 32, 32) in [0, 1], or None
     when there is no copy there (never downloaded here)."""
-    from cvexp.data import CIFAR10DataModule
-
     datamodule = CIFAR10DataModule(root, download=False, cache=True)
     try:
         datamodule.setup("test")
@@ -172,12 +176,6 @@ def cifar10_test_images(root: str, count: int) -> torch.Tensor | None:
     return datamodule.data.test_images[:count].permute(0, 3, 1, 2).float() / 255
 
 
-def result_classes(model: torch.nn.Module) -> int:
-    """The number of logits the model returns."""
-    with torch.no_grad():
-        return int(model(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE)).shape[1])
-
-
 def human_size(size: int) -> str:
     """Bytes as B, KB, MB or GB (powers of 1000)."""
     for unit in ("B", "KB", "MB"):
@@ -185,17 +183,3 @@ def human_size(size: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1000
     return f"{size:.2f} GB"
-
-
-register_resolvers()
-
-
-@hydra.main(version_base=VERSION_BASE, config_path=CONFIG_PATH, config_name="export")
-@exit_on_user_error
-def main(cfg: DictConfig) -> None:
-    """Console entry point `cvexp-export`."""
-    export(cfg)
-
-
-if __name__ == "__main__":
-    main()

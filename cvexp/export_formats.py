@@ -1,4 +1,5 @@
-"""Deployable models: a checkpoint's net as TorchScript or ONNX, and the parity check against PyTorch.
+"""The export formats: a net as a TorchScript or ONNX file, read back, and the parity check
+of such a file against PyTorch.
 
 The exported function is the net itself: float images (B, 3, 32, 32) in [0, 1] -> logits
 (B, num_classes). The net owns its normalisation (and, for timm models, its resize), so the
@@ -122,6 +123,7 @@ def export_onnx(
                     ) from err
                 print(f"note: the {attempt} ONNX exporter failed; trying the legacy one")
                 continue
+            # imported here: onnx is optional (the export extra), and `require` checked it above
             import onnx
 
             onnx.checker.check_model(str(staged))
@@ -184,6 +186,7 @@ def load_torchscript(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
 def load_onnx(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
     """A saved ONNX model in onnxruntime (CPU), as a function of a CPU image batch."""
     require("onnxruntime", "the ONNX parity check")
+    # imported here: onnxruntime is optional (the export extra), and `require` checked it above
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
