@@ -23,7 +23,7 @@ class InterruptCheckpoint(Callback):
 
     Lightning turns SIGTERM into SIGTERMException at the next batch, on every rank at once,
     and Ctrl+C into KeyboardInterrupt; both reach `on_exception`. `resume=RUN_DIR` continues
-    from it; a run stopped mid-epoch starts that epoch's batches again from the start of its order.
+    from it; a run stopped mid-epoch trains that epoch's remaining batches (from a fresh shuffle).
 
     The preemption notice (SIGUSR1, or the `requeue_signal` of Lightning's SLURMEnvironment;
     what SLURM sends before it preempts a job or its time runs out) stops the fit the same
