@@ -21,8 +21,18 @@ def read_checkpoint(path: str | Path, *, trust: bool = False) -> dict[str, Any]:
     so that loading can never run code. `trust=True` (the user's explicit
     `trust_checkpoint=true`) allows arbitrary pickled objects, for files from a trusted source."""
     file = Path(path).expanduser()
+    if file.is_dir():
+        raise UserError(
+            f"{file} is a folder, not a checkpoint; pass ckpt_path=<a .ckpt file>, e.g. "
+            f"{file / 'checkpoints' / 'last.ckpt'} for a run's newest state."
+        )
     if not file.is_file():
         raise UserError(f"Checkpoint not found: {file}; pass ckpt_path=<path to a .ckpt file>.")
+    if not looks_like_torch_file(file):
+        raise UserError(
+            f"{file} is not a PyTorch checkpoint (it is neither torch.save's zip archive nor a "
+            "pickle); check ckpt_path."
+        )
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as err:
@@ -154,9 +164,22 @@ def _os_error_in(error: BaseException | None) -> OSError | None:
     return error
 
 
+def looks_like_torch_file(file: Path) -> bool:
+    """Whether the file starts as torch.save writes: a zip archive, or (the legacy format) a
+    pickle, whose first byte is the PROTO opcode 0x80."""
+    with file.open("rb") as stream:
+        head = stream.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
 def read_weights(path: str | Path, *, trust: bool = False) -> dict[str, torch.Tensor]:
     """A net's weights from a cvexp checkpoint, a plain state dict (.pt/.pth) or a .safetensors file."""
     file = Path(path).expanduser()
+    if file.is_dir():
+        raise UserError(
+            f"{file} is a folder, not a weights file; pass init_from=<a .ckpt, .pt or "
+            f".safetensors file>, e.g. {file / 'checkpoints' / 'last.ckpt'} of a run."
+        )
     if not file.is_file():
         raise UserError(
             f"Weights not found: {file}; pass init_from=<a .ckpt, .pt or .safetensors file>."

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from cvexp import checkpoint as checkpoint_module
-from cvexp.checkpoint import load_classifier
+from cvexp.checkpoint import load_classifier, load_net_weights, read_checkpoint
+from cvexp.errors import UserError
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 BEFORE_THE_LAYERS = FIXTURES / "tiny_vgg_2026-12-05.ckpt"
@@ -39,3 +41,17 @@ def test_a_net_that_moved_is_found_through_the_alias_table(tmp_path: Path, monke
     reference, _ = load_classifier(BEFORE_THE_LAYERS)
     with torch.no_grad():
         torch.testing.assert_close(classifier(fixture_input()), reference(fixture_input()))
+
+
+def test_a_text_file_named_ckpt_is_called_what_it_is(tmp_path: Path) -> None:
+    text = tmp_path / "notes.ckpt"
+    text.write_text("epoch 3 was the best\n")
+    with pytest.raises(UserError, match=r"is not a PyTorch checkpoint .*neither .* zip .* pickle"):
+        read_checkpoint(text)
+
+
+def test_a_folder_is_named_a_folder_with_the_file_to_pass(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"is a folder, not a checkpoint; .*last\.ckpt"):
+        read_checkpoint(tmp_path)
+    with pytest.raises(UserError, match=r"is a folder, not a weights file; pass init_from="):
+        load_net_weights(torch.nn.Linear(2, 2), tmp_path)

@@ -86,6 +86,9 @@ class RunSummary(Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fit_started = time.perf_counter()
+        # the precision the Trainer really used (the config may name a resolver, e.g. the CPU
+        # presets' ${fast_precision:...}, which picks one for the machine)
+        self.record["precision"] = str(trainer.precision)
         if self.hparams is not None and trainer.is_global_zero:
             log_run_hparams(trainer, self.hparams)
 
