@@ -13,11 +13,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from cvexp.cli.unused_run_dir import removed_when_refused
 from cvexp.errors import UserError
 from cvexp.runtime.config import register_resolvers
 from cvexp.runtime.exit import exit_on_user_error
 from cvexp.runtime.hydra_app import CONFIG_PATH, VERSION_BASE
+from cvexp.runtime.run_dir import removed_when_refused
 
 register_resolvers()
 
