@@ -9,18 +9,25 @@ concurrently in one fixture, since each is mostly interpreter start-up.
 from __future__ import annotations
 
 import json
+import math
+import re
 import shutil
 import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from lightning.fabric.utilities.seed import max_seed_value, min_seed_value
+from omegaconf import DictConfig, OmegaConf
 
 from cvexp.checkpoint import read_checkpoint
+from cvexp.data.formats import CLASSES
 from cvexp.errors import UserError
+from cvexp.runtime.settings import CIFAR10_CLASSES, MAX_SEED, check_settings
 from tests.conftest import (
     CLI_TINY,
     TinyCifar,
@@ -64,10 +71,25 @@ class Case:
     args: Callable[[Workspace], list[str]]
     fragments: tuple[str, ...]
     file_size_limit: int | None = None
+    # refused before anything is made: run in an empty folder of its own, which must stay empty
+    in_empty_folder: bool = False
+    # a usage error of cvexp's own: exit status 2 and one `error:` line on stderr
+    usage_error: bool = False
 
 
 def train(*overrides: str) -> Callable[[Workspace], list[str]]:
     return lambda ws: [*CLI_TINY, *overrides]
+
+
+def refused_setting(*overrides: str, fragments: tuple[str, ...]) -> Case:
+    """cvexp-train refusing a setting before a run folder is claimed (runtime/settings.py)."""
+    return Case(
+        "cvexp-train",
+        lambda ws: [*CLI_TINY, f"data.root={ws.cwd / 'data'}", *overrides],
+        fragments,
+        in_empty_folder=True,
+        usage_error=True,
+    )
 
 
 def train_on(make_root: Callable[[Workspace], Path]) -> Callable[[Workspace], list[str]]:
@@ -244,17 +266,56 @@ CASES = {
         lambda ws: ["--quick", "--data-root", str(ws.scratch / "empty")],
         ("No CIFAR-10 found", "--data-root"),
     ),
-    "trains-nothing": Case(
-        "cvexp-train", train("trainer.max_epochs=0"), ("trainer.max_epochs=0 trains nothing",)
+    "trains-nothing": refused_setting(
+        "trainer.max_epochs=0", fragments=("trainer.max_epochs=0 trains nothing",)
     ),
-    "no-training-batches": Case(
-        "cvexp-train", train("trainer.limit_train_batches=0"), ("limit_train_batches=0",)
+    "fractional-epochs": refused_setting(
+        "trainer.max_epochs=1.5", fragments=("trainer.max_epochs=1.5", "whole number")
     ),
-    "no-validation-batches": Case(
-        "cvexp-train", train("trainer.limit_val_batches=0"), ("limit_val_batches=0",)
+    "epochs-not-a-number": refused_setting(
+        "trainer.max_epochs=abc", fragments=("trainer.max_epochs=abc", "trainer.max_epochs=30")
     ),
-    "negative-learning-rate": Case(
-        "cvexp-train", train("model.optimizer.lr=-1"), ("model.optimizer.lr=-1", "positive")
+    "fractional-min-epochs": refused_setting(
+        "trainer.min_epochs=0.5", fragments=("trainer.min_epochs=0.5", "whole number")
+    ),
+    "no-epoch-limit-with-a-planned-schedule": refused_setting(
+        "trainer.max_epochs=-1", fragments=("trainer.max_epochs=-1", "no length to plan")
+    ),
+    "no-training-batches": refused_setting(
+        "trainer.limit_train_batches=0", fragments=("limit_train_batches=0",)
+    ),
+    "no-validation-batches": refused_setting(
+        "trainer.limit_val_batches=0", fragments=("limit_val_batches=0",)
+    ),
+    "negative-learning-rate": refused_setting(
+        "model.optimizer.lr=-1", fragments=("model.optimizer.lr=-1", "positive")
+    ),
+    "nan-learning-rate": refused_setting(
+        "model.optimizer.lr=nan", fragments=("model.optimizer.lr=nan", "finite")
+    ),
+    "infinite-mixup-alpha": refused_setting(
+        "data.mixup_alpha=inf", fragments=("data.mixup_alpha=inf", "finite")
+    ),
+    "negative-cutmix-alpha": refused_setting(
+        "data.cutmix_alpha=-1", fragments=("data.cutmix_alpha=-1", "data.cutmix_alpha=null")
+    ),
+    "seed-out-of-range": refused_setting(
+        "seed=8589934592", fragments=("seed=8589934592", "from 0 to 4294967295")
+    ),
+    "seed-not-a-whole-number": refused_setting("seed=1.5", fragments=("seed=1.5", "e.g. seed=42")),
+    "five-classes-on-cifar10": refused_setting(
+        "model.num_classes=5", fragments=("model.num_classes=5", "pass model.num_classes=10")
+    ),
+    "timm-head-of-100-classes": refused_setting(
+        "model=timm_vit",
+        "model.net.num_classes=100",
+        fragments=("model.net.num_classes=100", "pass model.net.num_classes=10"),
+    ),
+    "model-base-is-not-a-model": Case(
+        "cvexp-train",
+        train("model=_base"),
+        ("Could not find 'model/_base'", "vgg16_bn"),
+        in_empty_folder=True,
     ),
     "data-root-is-a-file": Case(
         "cvexp-train", train_on(text_as_image), ("is a file", "the folder that holds CIFAR-10")
@@ -289,6 +350,9 @@ def new_run_dirs(cwd: Path, before: set[Path]) -> list[Path]:
 class Outcome:
     result: subprocess.CompletedProcess
     scratch: Path
+    # in_empty_folder cases: what the command's working folder held before and after it ran
+    before: list[Path]
+    after: list[Path]
 
 
 @pytest.fixture(scope="module")
@@ -301,14 +365,18 @@ def outcomes(finished_run, tmp_path_factory, tiny: TinyCifar) -> dict[str, Outco
         case = CASES[name]
         scratch = tmp_path_factory.mktemp(name)
         args = case.args(Workspace(cwd, run_dir, summary, scratch, tiny))
+        where = scratch / "cwd" if case.in_empty_folder else cwd
+        where.mkdir(exist_ok=True)
+        before = sorted(where.rglob("*")) if case.in_empty_folder else []
         result = run_cli(
             case.command,
             *args,
-            cwd=cwd,
+            cwd=where,
             env={"OMP_NUM_THREADS": "1"},
             file_size_limit=case.file_size_limit,
         )
-        return Outcome(result, scratch)
+        after = sorted(where.rglob("*")) if case.in_empty_folder else []
+        return Outcome(result, scratch, before, after)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = dict(zip(CASES, pool.map(run, CASES), strict=True))
@@ -324,13 +392,20 @@ def outcomes(finished_run, tmp_path_factory, tiny: TinyCifar) -> dict[str, Outco
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_gets_one_clear_sentence_and_touches_nothing(name: str, outcomes) -> None:
-    result, scratch = outcomes[name].result, outcomes[name].scratch
+    case, outcome = CASES[name], outcomes[name]
+    result, scratch = outcome.result, outcome.scratch
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     assert "Traceback" not in output, output
-    for fragment in CASES[name].fragments:
+    for fragment in case.fragments:
         assert fragment in result.stderr, result.stderr
     assert not (scratch / "pwned").exists()  # no checkpoint ran code while loading
+    if case.usage_error:
+        assert result.returncode == 2, output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"{case.command}: error: " in lines[0], result.stderr
+    if case.in_empty_folder:
+        assert outcome.after == outcome.before == [], outcome.after  # no run folder, no file
 
 
 @pytest.mark.slow
@@ -358,3 +433,76 @@ def test_a_crafted_checkpoint_runs_code_only_when_trusted(tmp_path: Path, tiny) 
     assert not (tmp_path / "pwned").exists()
     read_checkpoint(evil, trust=True)  # what trust_checkpoint=true does: the payload runs
     assert (tmp_path / "pwned").exists()
+
+
+def test_settings_bounds_agree_with_the_data_and_lightning() -> None:
+    assert len(CLASSES) == CIFAR10_CLASSES
+    assert (min_seed_value, max_seed_value) == (0, MAX_SEED)
+
+
+def settings(values: dict[str, Any]) -> DictConfig:
+    """A train-like config with these dotted keys set (the rest as the defaults are)."""
+    cfg = OmegaConf.create(
+        {
+            "seed": 42,
+            "trainer": {"max_epochs": 60, "min_epochs": 1},
+            "model": {
+                "num_classes": 10,
+                "net": {"num_classes": "${..num_classes}"},
+                "optimizer": {"lr": 0.1},
+                "scheduler": {"_target_": "torch.optim.lr_scheduler.OneCycleLR"},
+            },
+            "data": {"seed": "${seed}", "mixup_alpha": None, "cutmix_alpha": None},
+        }
+    )
+    for key, value in values.items():
+        OmegaConf.update(cfg, key, value, merge=False)
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        {"trainer.max_epochs": -1, "model.scheduler": None},  # no limit, a constant rate
+        {"trainer.max_epochs": -1, "trainer.max_steps": 100},  # the schedule plans max_steps
+        {"trainer.max_epochs": None},  # Lightning's default
+        {"trainer.min_epochs": 0},
+        {"trainer.min_epochs": None},
+        {"seed": 0},
+        {"seed": 2**32 - 1},
+        {"seed": None, "data.seed": 7},  # not seeded, a fixed validation split
+        {"model.optimizer.lr": 1},
+        {"data.mixup_alpha": 0.2, "data.cutmix_alpha": 1},
+    ],
+)
+def test_settings_that_work_pass(values: dict[str, Any]) -> None:
+    check_settings(settings(values))
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("trainer.max_epochs", True),  # a bool is not a number of epochs
+        ("trainer.max_epochs", -2),
+        ("trainer.max_epochs", 2.0),
+        ("trainer.min_epochs", -1),
+        ("trainer.min_epochs", False),
+        ("seed", 2**32),
+        ("seed", -1),
+        ("seed", True),
+        ("seed", "abc"),
+        ("data.seed", None),
+        ("model.num_classes", 10.0),
+        ("model.net.num_classes", 9),
+        ("model.optimizer.lr", math.inf),
+        ("model.optimizer.lr", 0),
+        ("model.optimizer.lr", "abc"),
+        ("data.mixup_alpha", 0),
+        ("data.cutmix_alpha", math.nan),
+        ("data.cutmix_alpha", True),
+    ],
+)
+def test_a_setting_that_cannot_work_is_named(key: str, value: Any) -> None:
+    with pytest.raises(UserError, match=re.escape(f"{key}=")):
+        check_settings(settings({key: value}))

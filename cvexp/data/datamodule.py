@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import tempfile
 import warnings
@@ -425,9 +426,13 @@ def _check_regularisers(
     for key, alpha in (("data.mixup_alpha", mixup_alpha), ("data.cutmix_alpha", cutmix_alpha)):
         if alpha is None:
             continue
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+        if (
+            isinstance(alpha, bool)
+            or not isinstance(alpha, (int, float))
+            or not 0 < alpha < math.inf
+        ):
             raise UserError(
-                f"{key}={alpha} is not a Beta distribution's alpha; pass a positive number "
+                f"{key}={alpha} is not a Beta distribution's alpha; pass a positive, finite number "
                 f"(e.g. {key}=1.0), or {key}=null to switch it off."
             )
 

@@ -24,7 +24,7 @@ CONF_DIR = Path(str(resources.files("cvexp.conf")))
 
 _KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_][\w-]*):(?:\s|$)")
 _PACKAGE = re.compile(r"^#\s*@package\s+(?P<package>\S+)")
-_DEFAULT_ENTRY = re.compile(r"^\s*-\s*(?P<name>[\w./-]+)\s*$")
+_DEFAULT_ENTRY = re.compile(r"^\s*-\s*(?P<name>[\w./-]+)(?P<here>@_here_)?\s*$")
 
 
 def yaml_key_comments(path: Path, prefix: str = "") -> dict[str, str]:
@@ -78,7 +78,8 @@ def config_files(config_name: str, choices: dict[str, Any]) -> list[tuple[Path, 
 
 
 def _group_option_files(group: str, option: str) -> list[tuple[Path, str]]:
-    """The option's file after the files its own defaults list names from the same group."""
+    """The option's file after the files its own defaults list names: options of the same
+    group, and shared files merged into it (`- /model_base@_here_`, conf/model_base.yaml)."""
     path = CONF_DIR / group / f"{option}.yaml"
     if not path.is_file():
         return []
@@ -96,8 +97,11 @@ def _group_option_files(group: str, option: str) -> list[tuple[Path, str]]:
             if entry is None:
                 in_defaults = line.startswith((" ", "#"))
                 continue
-            if entry["name"] not in ("_self_", option):
-                bases.extend(_group_option_files(group, entry["name"]))
+            name = entry["name"]
+            if name.startswith("/") and entry["here"]:  # a shared file, under this file's keys
+                bases.append((CONF_DIR / f"{name[1:]}.yaml", prefix))
+            elif name not in ("_self_", option) and not entry["here"]:
+                bases.extend(_group_option_files(group, name))
     return [*bases, (path, prefix)]
 
 
