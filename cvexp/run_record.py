@@ -11,6 +11,7 @@ report) asks a `RunDir` for them:
         lock             held while a process writes into the run
       checkpoints/       last.ckpt (the newest state) and the best checkpoint
       summary.json       the machine-readable result (SCHEMA_VERSION, STATUSES)
+      loggers.json       the MLflow run id and W&B run id, so a resumed run logs on into them
       train.log          the console log
 
 A leaf module: the standard library, and PyYAML to read Hydra's own record.
@@ -153,6 +154,10 @@ class RunDir:
         return self.path / "train.log"
 
     @property
+    @property
+    def logger_ids_path(self) -> Path:
+        return self.path / "loggers.json"
+
     def sweep_record_path(self) -> Path:
         return self.path / SWEEP_RECORD
 
@@ -225,6 +230,17 @@ class RunDir:
 
     def write_launch_record(self, record: dict[str, Any]) -> None:
         write_json_atomically(self.launch_record_path, record)
+
+    def logger_id(self, logger: str) -> str | None:
+        """The id of the run this run folder logs into with `logger` (mlflow, wandb), if any."""
+        value = (read_json(self.logger_ids_path) or {}).get(logger)
+        return str(value) if value else None
+
+    def record_logger_id(self, logger: str, run_id: str) -> None:
+        """Keep the id of the run `logger` logs into, for a resume to continue it."""
+        ids = read_json(self.logger_ids_path) or {}
+        if ids.get(logger) != run_id:
+            write_json_atomically(self.logger_ids_path, {**ids, logger: run_id})
 
 
 class RunInUse(Exception):

@@ -10,8 +10,9 @@ import yaml
 from omegaconf import OmegaConf
 
 from cvexp.errors import UserError
+from cvexp.outside_launch import OutsideLaunch
 from cvexp.run_record import RunDir
-from cvexp.runtime.config import compose_config
+from cvexp.runtime.config import compose_config, register_resolvers
 from cvexp.runtime.continuation import (
     FRESH,
     How,
@@ -19,7 +20,6 @@ from cvexp.runtime.continuation import (
     requeued_run,
     resume_command_line,
 )
-from cvexp.outside_launch import OutsideLaunch
 
 
 def make_run(path: Path, overrides: list[str], *, cwd: Path, summary: dict | None = None) -> RunDir:
@@ -162,3 +162,17 @@ def test_a_requeued_slurm_job_finds_its_run(tmp_path: Path, monkeypatch) -> None
     with pytest.raises(SystemExit) as finished:  # requeued after it finished: nothing to do
         requeued_run(config, launch, runs)
     assert finished.value.code == 0
+
+
+def test_resume_resolves_the_default_data_root_as_the_run_did(tmp_path: Path, monkeypatch) -> None:
+    """Hydra records `data.root: ${data_root:}` unresolved: ./data of the folder it started in."""
+    monkeypatch.delenv("CVEXP_DATA", raising=False)
+    register_resolvers()
+    run = make_run(tmp_path / "r", ["model=tiny"], cwd=tmp_path / "there")
+    run.config_path.write_text(yaml.safe_dump({"data": {"root": "${data_root:}"}}))
+    argv = resume_command_line(["cvexp-train", f"resume={run.path}"], None)
+    assert f"data.root='{tmp_path / 'there' / 'data'}'" in argv
+    # an absolute CVEXP_DATA needs no pinning
+    monkeypatch.setenv("CVEXP_DATA", str(tmp_path / "cifar"))
+    argv = resume_command_line(["cvexp-train", f"resume={run.path}"], None)
+    assert not [a for a in argv if a.startswith("data.root=")]

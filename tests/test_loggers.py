@@ -17,6 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from cvexp.errors import UserError
 from cvexp.loggers.csv_file import CSVLogger
 from cvexp.training import train
+from tests.conftest import CLI_TINY, run_cli, write_batches_dir
 
 HAS_MLFLOW = importlib.util.find_spec("mlflow") is not None
 HAS_WANDB = importlib.util.find_spec("wandb") is not None
@@ -204,3 +205,22 @@ def test_wandb_logger_writes_an_offline_run(
     assert max(val_acc) == pytest.approx(summary["best_val_acc"])
     assert {"predictions", "filters", "seconds"} <= media
     assert list((offline / "files" / "media" / "images" / "viz").glob("predictions_*.png"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_MLFLOW, reason='MLflow is not installed (pip install -e ".[mlflow]")')
+def test_resume_logs_on_into_the_same_mlflow_run(tmp_path: Path, tiny) -> None:
+    from mlflow import MlflowClient
+
+    write_batches_dir(tmp_path / "data", tiny)
+    common = [*CLI_TINY, "logger=mlflow", "callbacks.feature_maps=null"]
+    first = run_cli("cvexp-train", *common, "hydra.run.dir=r1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    on = run_cli("cvexp-train", "resume=r1", "trainer.max_epochs=2", cwd=tmp_path)
+    assert on.returncode == 0, on.stdout + on.stderr
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("cvexp")
+    (run,) = client.search_runs([experiment.experiment_id])  # one run, not two
+    assert json.loads((tmp_path / "r1" / "loggers.json").read_text()) == {"mlflow": run.info.run_id}
+    history = client.get_metric_history(run.info.run_id, "val/acc")
+    assert len(history) == 2  # epoch 1 from the first command, epoch 2 from the resume

@@ -11,7 +11,12 @@ from lightning.pytorch.callbacks import Callback, Timer
 from lightning.pytorch.utilities import rank_zero_only
 
 from cvexp.errors import UserError, user_error_message
-from cvexp.loggers.run_hparams import finish_wandb_runs, log_hparams, log_run_hparams
+from cvexp.loggers.run_hparams import (
+    finish_wandb_runs,
+    log_hparams,
+    log_run_hparams,
+    record_tracking_run_ids,
+)
 from cvexp.provenance import device_name, environment_versions, git_commit
 from cvexp.run_record import FINISHED, RunDir
 
@@ -89,6 +94,8 @@ class RunSummary(Callback):
         # the precision the Trainer really used (the config may name a resolver, e.g. the CPU
         # presets' ${fast_precision:...}, which picks one for the machine)
         self.record["precision"] = str(trainer.precision)
+        if trainer.is_global_zero:
+            record_tracking_run_ids(trainer, self.run)
         if self.hparams is not None and trainer.is_global_zero:
             log_run_hparams(trainer, self.hparams)
 

@@ -9,7 +9,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cvexp.loggers.config_values import absolute_path, run_label, tag_dict
+from cvexp.loggers.config_values import absolute_path, logger_run_id, run_label, tag_dict
 from cvexp.runtime.hydra_app import (
     VERSION_BASE,
     checkpoint_name,
@@ -38,6 +38,7 @@ def register_logger_resolvers() -> None:
     OmegaConf.register_new_resolver("run_label", run_label, replace=True)
     OmegaConf.register_new_resolver("mlflow_tags", tag_dict, replace=True)
     OmegaConf.register_new_resolver("record_subdir", record_subdir, replace=True)
+    OmegaConf.register_new_resolver("logger_run_id", logger_run_id, replace=True)
 
 
 def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:

@@ -14,6 +14,9 @@ them as a state diagram):
   and continues it as a resume in place would; RunDirectory points the run at it.
 - **skip a finished sweep job**: a sweep run again into its folder with `skip_completed=true`
   does not run a job whose summary.json says it finished; the sweeper gets its recorded result.
+  The sweep's `multirun.yaml`, which Hydra's sweeper writes anew, is first copied to
+  `multirun_history/<time>.yaml` in the sweep folder (`keep_sweep_record`), so the record of
+  every earlier run of the sweep is kept.
 - **continue an interrupted sweep job** from its `last.ckpt`, in place (same sweep rerun).
 
 `decide(cfg)` reads the composed config (`resume`, `skip_completed`, Hydra's mode, the job's
@@ -33,6 +36,7 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, read_write
+from omegaconf.errors import OmegaConfBaseException
 
 from cvexp.errors import UserError
 from cvexp.outside_launch import OutsideLaunch, slurm_restart_count
@@ -68,7 +72,16 @@ class Continuation:
 FRESH = Continuation(How.FRESH)
 
 # overrides that would make a resumed run a different run: another network or another split
-CHANGES_THE_RUN = ("model", "experiment", "model.num_classes", "data.val_size", "data.seed", "seed")
+CHANGES_THE_RUN = (
+    "model",
+    "experiment",
+    "model.num_classes",
+    "data.val_size",
+    "data.folds",
+    "data.fold",
+    "data.seed",
+    "seed",
+)
 # a launch's own settings, which a resumed run takes from this command line, not the record
 OWN_HYDRA_KEYS = ("hydra.run.dir", "hydra.mode", "hydra.sweep.dir", "hydra.sweep.subdir")
 
@@ -170,14 +183,22 @@ def resume_command_line(argv: list[str], launch: OutsideLaunch | None) -> list[s
 
 
 def pinned_paths(run: RunDir, new_keys: set[str]) -> list[str]:
-    """`data.root` as an absolute path when the run gave a relative one: read against the
-    folder the run started in, not against this command's working directory."""
+    """`data.root` as an absolute path when the run read a relative one: read against the
+    folder the run started in, not against this command's working directory.
+
+    Hydra records the config unresolved, so a default such as `${data_root:}` (CVEXP_DATA, or
+    ./data) is resolved here, as the run resolved it.
+    """
     config = run.recorded_config() or {}
     root = (config.get("data") or {}).get("root")
     hydra_cfg = OmegaConf.load(run.hydra_record_path) if run.hydra_record_path.is_file() else {}
     started_in = OmegaConf.select(hydra_cfg, "hydra.runtime.cwd", default=None)
     if "data.root" in new_keys or not isinstance(root, str) or not started_in:
         return []
+    try:
+        root = str(OmegaConf.create({"root": root}).root)  # resolves an interpolation
+    except OmegaConfBaseException:
+        return []  # an interpolation of keys outside data: left as the run recorded it
     if Path(root).expanduser().is_absolute():
         return []
     return [f"data.root={quoted(Path(str(started_in)) / root)}"]
@@ -204,6 +225,32 @@ def keep_history(run: RunDir) -> None:
     history.mkdir(parents=True, exist_ok=True)
     for file in run.record_dir.glob("*.yaml"):
         shutil.copy2(file, history / file.name)
+
+
+def keep_sweep_record(sweep: RunDir) -> Path | None:
+    """Copy the sweep's `multirun.yaml` to `multirun_history/<time>.yaml` (`-1`, `-2`, ... added
+    when the name is taken), before Hydra's sweeper writes a new one; the copy, or None when
+    there is no record. A record already kept byte for byte is not copied again."""
+    record = sweep.sweep_record_path
+    if not record.is_file():
+        return None
+    content = record.read_bytes()
+    history = sweep.sweep_history_dir
+    for kept in sorted(history.glob("*.yaml")) if history.is_dir() else []:
+        if kept.read_bytes() == content:
+            return kept
+    history.mkdir(parents=True, exist_ok=True)
+    stamp, n = time.strftime("%Y-%m-%d_%H-%M-%S"), 0
+    while True:
+        copy = history / (f"{stamp}.yaml" if n == 0 else f"{stamp}-{n}.yaml")
+        try:
+            with open(copy, "xb") as file:  # never over an earlier copy
+                file.write(content)
+        except FileExistsError:
+            n += 1
+            continue
+        shutil.copystat(record, copy)
+        return copy
 
 
 def restore_history(run: RunDir) -> None:
