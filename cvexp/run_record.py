@@ -42,6 +42,7 @@ RECORD_DIR = ".hydra"
 CHECKPOINTS = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 SWEEP_RECORD = "multirun.yaml"
+SWEEP_HISTORY = "multirun_history"
 # files and folders that mark a folder as holding a run or a sweep
 RUN_MARKERS = (RECORD_DIR, SUMMARY, CHECKPOINTS, "tensorboard", SWEEP_RECORD)
 
@@ -154,12 +155,17 @@ class RunDir:
         return self.path / "train.log"
 
     @property
-    @property
     def logger_ids_path(self) -> Path:
         return self.path / "loggers.json"
 
+    @property
     def sweep_record_path(self) -> Path:
         return self.path / SWEEP_RECORD
+
+    @property
+    def sweep_history_dir(self) -> Path:
+        """A sweep's earlier `multirun.yaml` files, one `<time>.yaml` per skip_completed rerun."""
+        return self.path / SWEEP_HISTORY
 
     # ------------------------------------------------------------------ what it holds
 
@@ -225,12 +231,6 @@ class RunDir:
         found = self.path.rglob(f"{RECORD_DIR}/{self.overrides_path.name}")
         return [RunDir(path) for path in sorted({p.parent.parent for p in found})]
 
-    def read_launch_record(self) -> dict[str, Any] | None:
-        return read_json(self.launch_record_path)
-
-    def write_launch_record(self, record: dict[str, Any]) -> None:
-        write_json_atomically(self.launch_record_path, record)
-
     def logger_id(self, logger: str) -> str | None:
         """The id of the run this run folder logs into with `logger` (mlflow, wandb), if any."""
         value = (read_json(self.logger_ids_path) or {}).get(logger)
@@ -241,6 +241,12 @@ class RunDir:
         ids = read_json(self.logger_ids_path) or {}
         if ids.get(logger) != run_id:
             write_json_atomically(self.logger_ids_path, {**ids, logger: run_id})
+
+    def read_launch_record(self) -> dict[str, Any] | None:
+        return read_json(self.launch_record_path)
+
+    def write_launch_record(self, record: dict[str, Any]) -> None:
+        write_json_atomically(self.launch_record_path, record)
 
 
 class RunInUse(Exception):
@@ -305,3 +311,16 @@ def _read_yaml(path: Path) -> Any:
 def runs_with_launch_records(root: Path) -> list[RunDir]:
     """Every run under `root` (`<root>/<date>/<time>`) that holds a launch record."""
     return [RunDir(path.parent.parent) for path in root.glob(f"*/*/{RECORD_DIR}/launch.json")]
+
+
+def latest_unfinished_run(root: Path) -> RunDir | None:
+    """The newest single run under `root` (`<root>/<date>/<time>`) that has a last.ckpt and did
+    not finish (interrupted, killed, or failed), by the time of its last.ckpt; None if none."""
+    candidates = [
+        run
+        for run in (
+            RunDir(path.parent.parent) for path in root.glob(f"*/*/{CHECKPOINTS}/{LAST_CHECKPOINT}")
+        )
+        if run.is_run() and run.finished_summary() is None
+    ]
+    return max(candidates, key=lambda run: run.last_checkpoint.stat().st_mtime, default=None)

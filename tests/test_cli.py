@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from cvexp.runtime.hydra_app import path_safe
 from cvexp.runtime.run_dir import claim_fresh_dir
-from tests.conftest import CLI_TINY, run_cli
+from tests.conftest import CLI_TINY, run_cli, write_batches_dir
 
 TINY = CLI_TINY
 
@@ -108,3 +108,23 @@ def test_path_safe_names_are_short_unique_and_flat() -> None:
     assert "/" not in path_safe("data.root=/a/b")
     long_a, long_b = "x=" + "1" * 300, "x=" + "1" * 299 + "2"
     assert len(path_safe(long_a)) == 120 and path_safe(long_a) != path_safe(long_b)
+
+
+@pytest.mark.slow
+def test_resume_last_continues_the_newest_unfinished_run(tmp_path: Path, tiny) -> None:
+    write_batches_dir(tmp_path / "data", tiny)
+    first = run_cli("cvexp-train", *CLI_TINY, "callbacks.feature_maps=null", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    (run_dir,) = list((tmp_path / "outputs").glob("*/*"))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    # as a run killed in its second epoch would leave it: not finished, with a last.ckpt
+    (run_dir / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
+    on = run_cli("cvexp-train", "resume=last", "trainer.max_epochs=2", cwd=tmp_path)
+    assert on.returncode == 0, on.stdout + on.stderr
+    assert f"resume=last continues {run_dir}" in on.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_run"] == 2
+    # nothing left to continue: one sentence
+    none = run_cli("cvexp-train", "resume=last", cwd=tmp_path)
+    assert none.returncode == 2 and "resume=last found no unfinished run" in none.stderr
+    assert "Traceback" not in none.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,27 @@ def test_resume_resolves_the_default_data_root_as_the_run_did(tmp_path: Path, mo
     monkeypatch.setenv("CVEXP_DATA", str(tmp_path / "cifar"))
     argv = resume_command_line(["cvexp-train", f"resume={run.path}"], None)
     assert not [a for a in argv if a.startswith("data.root=")]
+
+
+def test_resume_last_is_the_newest_unfinished_run_under_the_log_dir(tmp_path: Path) -> None:
+    outputs = tmp_path / "logs" / "outputs"
+    older = make_run(outputs / "2026-12-01" / "10-00-00", ["model=tiny"], cwd=tmp_path)
+    done = make_run(
+        outputs / "2026-12-02" / "10-00-00",
+        ["model=tiny"],
+        cwd=tmp_path,
+        summary={"status": "completed"},
+    )
+    os.utime(older.last_checkpoint, (1, 1))  # the oldest last.ckpt
+    argv = ["cvexp-train", "resume=last", f"paths.log_dir={tmp_path / 'logs'}"]
+    assert f"resume='{older.path.resolve()}'" in resume_command_line(argv, None)
+    newer = make_run(
+        outputs / "2026-12-03" / "10-00-00",
+        ["model=tiny"],
+        cwd=tmp_path,
+        summary={"status": "interrupted"},
+    )
+    assert f"resume='{newer.path.resolve()}'" in resume_command_line(argv, None)
+    assert done.path != newer.path
+    with pytest.raises(UserError, match=r"resume=last found no unfinished run .* paths\.log_dir="):
+        resume_command_line(["cvexp-train", "resume=last", f"paths.log_dir={tmp_path}"], None)

@@ -34,14 +34,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from cvexp.errors import UserError
 from cvexp.outside_launch import OutsideLaunch, slurm_restart_count
-from cvexp.run_record import RunDir, override_key
-from cvexp.runtime.hydra_app import in_multirun
+from cvexp.run_record import RunDir, latest_unfinished_run, override_key
+from cvexp.runtime.hydra_app import VERSION_BASE, in_multirun
 
 
 class How(enum.Enum):
@@ -118,14 +120,46 @@ def pin_for_other_ranks(continuation: Continuation) -> None:
 
 
 def resume_target(argv: list[str]) -> Path | None:
-    """The run folder of `resume=RUN_DIR` on a command line (quotes removed), or None."""
+    """The run folder of `resume=RUN_DIR` on a command line (quotes removed), or None.
+
+    `resume=last` is the newest run under `paths.log_dir` that has a last.ckpt and did not
+    finish (see `run_record.latest_unfinished_run`).
+    """
     values = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("resume=")]
     if not values or values[-1].strip() in ("", "null"):
         return None
     value = values[-1].strip()
     if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
         value = value[1:-1]  # resume='dir with space', quoted as Hydra wants values quoted
+    if value == "last" and not Path("last").exists():
+        return latest_run_to_resume(argv)
     return Path(value).expanduser().resolve()
+
+
+def latest_run_to_resume(argv: list[str]) -> Path:
+    """`resume=last`: the newest unfinished run with a last.ckpt under `paths.log_dir` (as the
+    command line composes it), or a UserError that says there is none."""
+    overrides = [a for a in argv[1:] if "=" in a and not a.startswith(("resume=", "-"))]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="cvexp.conf", version_base=VERSION_BASE):
+            log_dir = str(compose("train", overrides=overrides).paths.log_dir)
+    except Exception as error:  # Hydra says what is wrong with the overrides when it parses them
+        raise UserError(
+            f"resume=last could not compose the command line to find paths.log_dir ({error}); "
+            "pass resume=<a run directory>."
+        ) from None
+    finally:
+        GlobalHydra.instance().clear()
+    runs = Path(log_dir).expanduser().resolve() / "outputs"
+    run = latest_unfinished_run(runs)
+    if run is None:
+        raise UserError(
+            f"resume=last found no unfinished run with a checkpoints/last.ckpt under {runs}; "
+            "pass resume=<a run directory>, or paths.log_dir=<the folder the runs went to>."
+        )
+    print(f"cvexp-train: resume=last continues {run.path}", file=sys.stderr)
+    return run.path.resolve()
 
 
 def resume_command_line(argv: list[str], launch: OutsideLaunch | None) -> list[str]:
