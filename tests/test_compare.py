@@ -14,7 +14,7 @@ import yaml
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-from cvexp.compare import compare, main
+from cvexp.comparison import compare, main
 from cvexp.models.cost import count_macs_and_params
 from cvexp.models.resnet_sasa import LocalSelfAttention2d
 from cvexp.models.vgg import CFGS, VGG

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cvexp.compare import compare
+from cvexp.comparison import compare
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cvexp.errors import UserError

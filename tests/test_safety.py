@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from cvexp.checkpoint import read_checkpoint
-from cvexp.compare import compare
+from cvexp.comparison import compare
 from cvexp.training import train
 from tests.conftest import snapshot, write_batches_dir
 

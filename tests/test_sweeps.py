@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
-from cvexp.compare import compare
+from cvexp.comparison import compare
 from cvexp.errors import UserError
 from tests.conftest import CLI_TINY, run_cli, snapshot, write_batches_dir
 
