@@ -51,8 +51,8 @@ from pathlib import Path
 
 import torch
 
-from cvexp.bench import SETTINGS, machine
 from cvexp.benchmarks import framework_overhead
+from cvexp.benchmarks.report import SETTINGS, machine
 
 device = "cuda" if torch.cuda.is_available() else "cpu"
 results = {"machine": machine(torch.device(device))}
@@ -121,7 +121,7 @@ timeout $(( $(left) - 45 )) python3 -m cvexp.train sweep=bn_vs_nobn "hydra.sweep
   callbacks.feature_maps.every_n_epochs=1000 trainer.enable_progress_bar=false \
   callbacks.progress_bar=null "data.root=$data_root" hydra.sweep.dir=outputs/gpu_bn_vs_nobn \
   $extra 2>&1 | grep -v -E "Warning|warn\(|^\s*$" | tail -40
-python3 -m cvexp.compare outputs/gpu_bn_vs_nobn --out outputs/gpu_compare && {
+python3 -m cvexp.cli.compare outputs/gpu_bn_vs_nobn --out outputs/gpu_compare && {
   cp outputs/gpu_compare/results.md "$out/gpu_results.md"
   cp outputs/gpu_compare/results.csv "$out/gpu_results.csv"
   cp outputs/gpu_compare/convergence.png "$out/gpu_convergence.png"

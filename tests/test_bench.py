@@ -1,4 +1,5 @@
-"""cvexp-bench: the quick run works end to end and writes the contract's JSON. No timing asserts."""
+"""cvexp-bench: the quick run works end to end and writes the contract's JSON; the start-up of
+cvexp-train is measured on the installed console script. No timing asserts."""
 
 from __future__ import annotations
 
@@ -8,7 +9,24 @@ from pathlib import Path
 
 import pytest
 
+from cvexp.benchmarks import startup
 from tests.conftest import run_cli
+
+
+def assert_startup_figures(figures: dict) -> None:
+    """Median seconds of cvexp-train --help and --cfg job, and of a bare Python, all positive."""
+    for key in ("help_seconds", "cfg_job_seconds", "python_seconds"):
+        assert math.isfinite(figures[key]["median"]) and figures[key]["median"] > 0, key
+        assert len(figures[key]["repeats"]) == figures["repeats"], key
+    assert figures["seconds"] == max(
+        figures["help_seconds"]["median"], figures["cfg_job_seconds"]["median"]
+    )
+
+
+def test_startup_times_the_console_script_in_fresh_processes() -> None:
+    figures = startup.measure(repeats=1)  # three subprocesses: a few seconds
+    assert figures["command"] == "cvexp-train" and figures["repeats"] == 1
+    assert_startup_figures(figures)
 
 
 @pytest.mark.slow
@@ -34,6 +52,11 @@ def test_quick_bench_writes_the_contract_json_and_never_overwrites_it(tmp_path: 
     assert set(results["options"]) == {"bf16_mixed", "channels_last"}
     assert all(option["speedup"] > 0 for option in results["options"].values())
     assert results["mode"] == "quick"
+    assert results["startup"]["repeats"] == 3  # in every mode: a few seconds
+    assert_startup_figures(results["startup"])
+    assert results["startup"]["goal"] == "seconds <= 2.0"
+    assert isinstance(results["startup"]["goal_met"], bool)  # judged even in a quick run
+    assert "| start-up: cvexp-train --help / --cfg job" in done.stdout
     assert all(results[k]["goal_met"] is None for k in ("data_pipeline", "vit_vs_timm"))
     assert "| data pipeline" in done.stdout and "| framework overhead, small net" in done.stdout
 

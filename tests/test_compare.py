@@ -14,7 +14,8 @@ import yaml
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-from cvexp.comparison import compare, main
+from cvexp.cli.compare import main
+from cvexp.comparison import compare
 from cvexp.models.cost import count_macs_and_params
 from cvexp.models.resnet_sasa import LocalSelfAttention2d
 from cvexp.models.vgg import CFGS, VGG
@@ -206,6 +207,63 @@ def test_a_second_comparison_of_a_sweep_gets_a_fresh_folder(sweep: Path, capsys)
     assert "best val/loss" in (sweep / "comparison-1" / "results.md").read_text()
     assert {name: (sweep / name).read_bytes() for name in written} == written
     assert compare([sweep])["out_dir"] == sweep / "comparison-2"
+
+
+def test_each_run_is_counted_once(sweep: Path, tmp_path: Path, capsys) -> None:
+    job, other = sweep / "0_job", sweep / "1_job"  # width 0.125, seeds 1 and 2
+    link = tmp_path / "link"
+    link.symlink_to(job)
+    same_run = {
+        "given twice": [job, job],
+        "a/../a": [job, job / ".." / job.name],
+        "a symlink": [job, link],
+    }
+    for number, (case, given) in enumerate(same_run.items()):
+        result = compare(given, out_dir=tmp_path / f"out{number}")
+        (row,) = result["rows"]
+        assert (row["n"], row["status"], row["test_acc_std"]) == (1, "1 completed", 0.0), case
+        assert row["runs"] == str(job), case  # the first one given is kept
+        assert [d.path for d in result["duplicates"]] == [given[1]], case
+    # a sweep and one of its jobs: 4 runs, each once (not 3 runs of width 0.125 from 2)
+    result = compare([sweep, job], out_dir=tmp_path / "sweep_and_job")
+    assert {row["configuration"]: row["n"] for row in result["rows"]} == {
+        "model.net.width=0.125": 2,
+        "model.net.width=0.25": 2,
+    }
+    assert len(result["runs"]) == 4
+    (duplicate,) = result["duplicates"]
+    assert str(duplicate) == (
+        f"dropped {job}, the same run as {job} (in {sweep}); each run is counted once"
+    )
+    # the command says which one it dropped, in one line
+    capsys.readouterr()
+    main([str(job), str(other), str(link), "--out", str(tmp_path / "cli")])
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert notes == [f"note: dropped {link}, the same run as {job}; each run is counted once"]
+    with (tmp_path / "cli" / "results.csv").open() as f:
+        assert [row["n"] for row in csv.DictReader(f)] == ["2"]
+
+
+def test_a_run_without_a_result_is_not_called_running(tmp_path: Path) -> None:
+    root = tmp_path / "sweep"
+    runs = {
+        name: make_run(root / name, ["model=vgg", f"seed={n}"], exclude_keys=[])
+        for n, name in enumerate(["done", "killed", "interrupted", "failed", "no_status"])
+    }
+    # killed by SIGKILL or out of memory (or still training): RunSummary never wrote a summary
+    (runs["killed"] / "summary.json").unlink()
+    # stopped by SIGTERM or Ctrl+C: RunSummary records `interrupted`, with no error
+    (runs["interrupted"] / "summary.json").write_text(json.dumps({"status": "interrupted"}))
+    failed = {"status": "failed", "error": "ValueError: bad"}
+    (runs["failed"] / "summary.json").write_text(json.dumps(failed))
+    (runs["no_status"] / "summary.json").write_text(json.dumps({"model": "VGG"}))
+    result = compare([root], out_dir=tmp_path / "out")
+    (row,) = result["rows"]
+    assert row["status"] == (
+        "1 completed, 1 failed, 1 interrupted, 1 no status in summary.json, 1 running or killed"
+    )
+    assert row["n"] == 1  # only the finished run's results count
+    assert "running or killed" in result["table"]
 
 
 def test_grouping_ignores_the_seed_and_the_keys_each_run_excludes(tmp_path: Path) -> None:

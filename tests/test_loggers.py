@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cvexp.comparison import compare
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from cvexp.comparison import compare
 from cvexp.errors import UserError
 from cvexp.loggers.csv_file import CSVLogger
 from cvexp.training import train

@@ -1,24 +1,22 @@
-"""cvexp-bench: our speed as ratios against the baselines users would otherwise use.
+"""cvexp-bench's measurements in one call: our speed as ratios against the baselines users
+would otherwise use, with the goals each figure is judged by, and the table of the results.
 
-    cvexp-bench                # the full run: a few minutes on 2 CPU cores
-    cvexp-bench --quick        # a smoke run in under a minute (too short to judge the goals)
-    cvexp-bench --data-root /path/to/cifar10 --out results/bench.json
-    cvexp-bench --attention     # adds ResNet-26 local self-attention vs convolution (slow)
+    from cvexp.benchmarks.report import run_benchmarks, table
+    results = run_benchmarks(quick=True)      # the bench.json dict
+    print(table(results))
 
 Every figure is a ratio of medians over interleaved repeats, measured side by side in this
-process (or, for memory, in fresh child interpreters), so that the machine's noise hits both
-sides alike. Without --data-root the data is generated: random pixels of CIFAR-10's shape.
+process (or, for memory and start-up, in fresh child processes), so that the machine's noise
+hits both sides alike. Without `data_root` the data is generated: random pixels of CIFAR-10's
+shape. The console command is `cvexp-bench` (cvexp/cli/bench.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
-import json
 import os
 import platform
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ from cvexp.benchmarks import (
     data_pipeline,
     framework_overhead,
     memory,
+    startup,
     vit_vs_timm,
 )
 from cvexp.benchmarks.synthetic import write_synthetic_cifar
@@ -47,6 +46,8 @@ GOALS = {
     "data_pipeline": ("ratio", ">=", 20.0),
     "vit_vs_timm": ("ratio", ">=", 1.0),
     "datamodule_memory": ("rss_mb", "<=", 300.0),
+    # the slower of `cvexp-train --help` and `--cfg job` (median seconds)
+    "startup": ("seconds", "<=", 2.0),
 }
 
 # Sizes per mode: the full run gives stable figures; --quick only proves the tool works.
@@ -58,6 +59,7 @@ SETTINGS = {
         "pipeline": {"images": 20_000, "repeats": 5},
         "vit": {"batch_size": 128, "steps": 3, "repeats": 7},
         "attention": {"batch_size": 128, "steps": 1, "repeats": 3, "with_memory": True},
+        "startup": {"repeats": 3},
     },
     "quick": {
         "fit": {"batch_size": 16, "warmup": 1, "steps": 2, "repeats": 1},
@@ -66,6 +68,7 @@ SETTINGS = {
         "pipeline": {"images": 1_024, "repeats": 2},
         "vit": {"batch_size": 32, "steps": 1, "repeats": 2},
         "attention": {"batch_size": 16, "steps": 1, "repeats": 1, "with_memory": False},
+        "startup": {"repeats": 3},  # a few seconds: the same figure as the full run
     },
 }
 
@@ -112,25 +115,40 @@ def bench_data_root(data_root: Path | None, workdir: Path) -> tuple[Path, str]:
     return root, f"{source.kind} at {root}"
 
 
-def run(
+def default_device() -> str:
+    """cuda when a GPU is there, else cpu."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_benchmarks(
     *,
-    quick: bool,
-    data_root: Path | None,
-    device: str,
-    out: Path,
-    overwrite: bool,
+    quick: bool = False,
+    data_root: Path | None = None,
+    device: str | None = None,
     attention: bool = False,
+    with_startup: bool = True,
 ) -> dict[str, Any]:
-    """All four figures plus the options; writes and returns the results."""
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} exists; pass another --out, or --overwrite to replace it.")
+    """Run the measurements and return the results (what cvexp-bench writes to bench.json).
+
+    `quick`: sizes that only prove the tool works (its goals are not judged); `device`: the
+    default is `default_device()`; `attention`: also ResNet-26 local self-attention vs
+    convolution (slow on a CPU); `with_startup`: also the start-up of cvexp-train (seconds).
+    """
     settings = SETTINGS["quick" if quick else "full"]
+    device = device or default_device()
     dev = torch.device(device)
     workdir = framework_overhead.make_workdir()
     try:
         root, data_description = bench_data_root(data_root, workdir)
         results: dict[str, Any] = {"mode": "quick" if quick else "full", "data": data_description}
         print(f"cvexp-bench ({results['mode']}) on {device}, data: {data_description}", flush=True)
+
+        if with_startup:  # first: seconds, and a missing console script is refused at once
+            print("  start-up of cvexp-train --help and --cfg job ...", flush=True)
+            # the same runs in both modes, so the goal is judged in both
+            results["startup"] = check_goal(
+                "startup", startup.measure(**settings["startup"]), judged=True
+            )
 
         print("  framework overhead and options ...", flush=True)
         fits = framework_overhead.measure(
@@ -184,8 +202,6 @@ def run(
         results["machine"] = machine(dev)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
     return results
 
 
@@ -193,6 +209,7 @@ def table(results: dict[str, Any]) -> str:
     """The figures as a Markdown table."""
     fo, dp = results["framework_overhead"], results["data_pipeline"]
     vit, mem = results["vit_vs_timm"], results["datamodule_memory"]
+    start = results.get("startup")
     rows = [
         ("figure", "ours", "baseline", "ratio", "goal", "met"),
         (
@@ -241,6 +258,17 @@ def table(results: dict[str, Any]) -> str:
             _yes(small["goal_met"]),
         ),
     )
+    if start:
+        rows.append(
+            (
+                "start-up: cvexp-train --help / --cfg job (median s, a fresh process each)",
+                f"{start['help_seconds']['median']:.2f} / {start['cfg_job_seconds']['median']:.2f}",
+                f"{start['python_seconds']['median']:.2f} (python -c pass)",
+                "",
+                start["goal"],
+                _yes(start["goal_met"]),
+            )
+        )
     attention = results.get("attention_vs_conv", {})
     memory_mb = attention.get("peak_step_memory_mb")
     pairs = (("resnet26_sasa", "ratio"), ("resnet26_full_sasa", "ratio_full_attention"))
@@ -286,45 +314,3 @@ def table(results: dict[str, Any]) -> str:
 
 def _yes(met: bool | None) -> str:
     return "n/a (quick)" if met is None else "yes" if met else "NO"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Parse the command line, run, print the table."""
-    parser = argparse.ArgumentParser(
-        prog="cvexp-bench", description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n")[1]
-    )
-    parser.add_argument("--quick", action="store_true", help="a smoke run under a minute")
-    parser.add_argument("--data-root", type=Path, default=None, help="CIFAR-10 in any format")
-    parser.add_argument("--out", type=Path, default=Path("bench.json"))
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    parser.add_argument(
-        "--attention",
-        action="store_true",
-        help="also ResNet-26 with local self-attention vs convolution (slow on a CPU)",
-    )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args(argv)
-    try:
-        results = run(
-            quick=args.quick,
-            data_root=args.data_root,
-            device=args.device,
-            out=args.out,
-            overwrite=args.overwrite,
-            attention=args.attention,
-        )
-    except UserError as error:
-        print(f"cvexp-bench: error: {error}", file=sys.stderr)
-        return 2
-    print(table(results))
-    print(f"written to {args.out}")
-    return 0
-
-
-def cli() -> None:
-    """Console entry point `cvexp-bench`."""
-    sys.exit(main())
-
-
-if __name__ == "__main__":
-    cli()
