@@ -14,6 +14,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from cvexp.classifier import ImageClassifier
 from cvexp.errors import UserError
+from cvexp.run_record import RunDir
 
 
 def read_checkpoint(path: str | Path, *, trust: bool = False) -> dict[str, Any]:
@@ -24,7 +25,7 @@ def read_checkpoint(path: str | Path, *, trust: bool = False) -> dict[str, Any]:
     if file.is_dir():
         raise UserError(
             f"{file} is a folder, not a checkpoint; pass ckpt_path=<a .ckpt file>, e.g. "
-            f"{file / 'checkpoints' / 'last.ckpt'} for a run's newest state."
+            f"{RunDir(file).last_checkpoint} for a run's newest state."
         )
     if not file.is_file():
         raise UserError(f"Checkpoint not found: {file}; pass ckpt_path=<path to a .ckpt file>.")
@@ -178,7 +179,7 @@ def read_weights(path: str | Path, *, trust: bool = False) -> dict[str, torch.Te
     if file.is_dir():
         raise UserError(
             f"{file} is a folder, not a weights file; pass init_from=<a .ckpt, .pt or "
-            f".safetensors file>, e.g. {file / 'checkpoints' / 'last.ckpt'} of a run."
+            f".safetensors file>, e.g. {RunDir(file).last_checkpoint} of a run."
         )
     if not file.is_file():
         raise UserError(

@@ -10,6 +10,8 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
+from cvexp.run_record import CHECKPOINTS
+
 # conf/ is installed as the package cvexp.conf (see pyproject.toml), so it is found from
 # any working directory, after both editable and regular installs.
 CONFIG_PATH = "pkg://cvexp.conf"
@@ -39,7 +41,7 @@ def checkpoint_name(ckpt_path: str | None) -> str:
     if not ckpt_path:
         return "no_checkpoint"
     path = Path(str(ckpt_path))
-    run = path.parent.parent.name if path.parent.name == "checkpoints" else path.parent.name
+    run = path.parent.parent.name if path.parent.name == CHECKPOINTS else path.parent.name
     return path_safe(f"{run}_{path.stem}" if run else path.stem)
 
 
