@@ -74,7 +74,7 @@ mkdir -p outputs/small_recipes
 small() {
   local name=$1; shift
   # shellcheck disable=SC2086
-  timeout 150 python3 -m cvexp.train "$@" trainer=gpu data.on_device=true \
+  timeout 150 python3 -m cvexp.cli.train "$@" trainer=gpu data.on_device=true \
     trainer.max_epochs="$small_epochs" hydra.run.dir="outputs/small_recipes/$name" \
     "data.root=$data_root" trainer.enable_progress_bar=false callbacks.progress_bar=null \
     callbacks.feature_maps=null $extra >"outputs/small_recipes/$name.log" 2>&1
@@ -115,7 +115,7 @@ per_job=$(( per_job < 30 ? 30 : per_job ))
 epochs=$(python3 -c "print(max(3, min(40, int($per_job / $per_epoch))))")
 echo "seconds left: $(left); per job: $per_job s; estimated s/epoch: $per_epoch; epochs: $epochs"
 # shellcheck disable=SC2086
-timeout $(( $(left) - 45 )) python3 -m cvexp.train sweep=bn_vs_nobn "hydra.sweeper.params.seed='1,2'" \
+timeout $(( $(left) - 45 )) python3 -m cvexp.cli.train sweep=bn_vs_nobn "hydra.sweeper.params.seed='1,2'" \
   trainer=gpu data.on_device=true model.channels_last=true trainer.max_epochs="$epochs" \
   "trainer.max_time=$(printf '00:00:%02d:%02d' $((per_job / 60)) $((per_job % 60)))" \
   callbacks.feature_maps.every_n_epochs=1000 trainer.enable_progress_bar=false \
