@@ -141,7 +141,9 @@ def test_every_experiment_is_a_single_run_preset(experiment: str) -> None:
 def test_every_sweep_is_a_multirun_over_seeds(sweep_name: str) -> None:
     cfg = compose_train(f"sweep={sweep_name}")
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
-    assert "seed" in cfg.hydra.sweeper.params and len(cfg.hydra.sweeper.params) >= 2
+    params = cfg.hydra.sweeper.params
+    # configurations over seeds, or the folds of one configuration's cross-validation
+    assert ("seed" in params and len(params) >= 2) or ("data.fold" in params and cfg.data.folds)
     for job in (cfg.hydra.sweeper.params.get("experiment") or "").split(","):
         if job:  # a sweep over recipes names experiments that exist
             assert job in EXPERIMENTS

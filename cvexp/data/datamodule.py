@@ -121,8 +121,40 @@ def stratified_split(
     return (~is_val).nonzero().squeeze(1), val
 
 
+def stratified_folds(labels: torch.Tensor, folds: int, seed: int) -> list[torch.Tensor]:
+    """Split indices into `folds` disjoint folds that cover them, each class dealt out evenly.
+
+    Each class's images are shuffled (seeded) and dealt round the folds, starting where the
+    previous class stopped, so that a class's count in two folds, and two folds' sizes, differ
+    by at most 1. The result depends only on the labels, `folds` and `seed`; each fold is sorted.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    fold_of = torch.empty(len(labels), dtype=torch.int64)
+    dealt = 0
+    for cls in labels.unique().tolist():
+        members = (labels == cls).nonzero().squeeze(1)
+        shuffled = members[torch.randperm(len(members), generator=generator)]
+        fold_of[shuffled] = (dealt + torch.arange(len(members))) % folds
+        dealt += len(members)
+    return [(fold_of == k).nonzero().squeeze(1) for k in range(folds)]
+
+
+def kfold_split(
+    labels: torch.Tensor, folds: int, fold: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split indices into (train, val): fold `fold` of `stratified_folds` is val, the rest train."""
+    val = stratified_folds(labels, folds, seed)[fold]
+    is_val = torch.zeros(len(labels), dtype=torch.bool)
+    is_val[val] = True
+    return (~is_val).nonzero().squeeze(1), val
+
+
 class CIFAR10DataModule(L.LightningDataModule):
     """CIFAR-10 from any supported format, as uint8 tensors, with a seeded stratified val split.
+
+    The val split is `val_size` images held out of the official train set or, with `folds=K`,
+    fold `fold` of K seeded stratified folds of it (k-fold cross-validation: `val_size` is then
+    not used); the official test set is the test set either way.
 
     `batch_size` is the global batch: under DDP each rank gets `batch_size // world_size`.
     Training batches are augmented (random crop with padding, horizontal flip, and the
@@ -141,6 +173,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         *,
         download: bool = True,
         val_size: int = 5000,
+        folds: int | None = None,
+        fold: int = 0,
         batch_size: int = 128,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -160,7 +194,9 @@ class CIFAR10DataModule(L.LightningDataModule):
         download_url: str = OFFICIAL_URL,
     ) -> None:
         super().__init__()
-        _require_int("data.val_size", val_size, low=1, high=OFFICIAL_TRAIN_SIZE - 1)
+        _check_folds(folds, fold)
+        if folds is None:  # k-fold cross-validation does not use val_size
+            _require_int("data.val_size", val_size, low=1, high=OFFICIAL_TRAIN_SIZE - 1)
         _require_int("data.batch_size", batch_size, low=1)
         if eval_batch_size is not None:
             _require_int("data.eval_batch_size", eval_batch_size, low=1)
@@ -264,28 +300,39 @@ class CIFAR10DataModule(L.LightningDataModule):
             self._make_split()
 
     def _make_split(self) -> None:
-        n_train = len(self.data.train_labels)
-        if self.hparams.val_size >= n_train:
-            raise UserError(
-                f"data.val_size={self.hparams.val_size} leaves no training images (the train set "
-                f"has {n_train}); choose a value between 1 and {n_train - 1}."
+        labels, folds = self.data.train_labels, self.hparams.folds
+        if folds is not None:
+            _check_folds_fit(labels, folds)
+            self.train_indices, self.val_indices = kfold_split(
+                labels, folds, self.hparams.fold, self.hparams.seed
             )
-        self.train_indices, self.val_indices = stratified_split(
-            self.data.train_labels, self.hparams.val_size, self.hparams.seed
-        )
+        else:
+            n_train = len(labels)
+            if self.hparams.val_size >= n_train:
+                raise UserError(
+                    f"data.val_size={self.hparams.val_size} leaves no training images (the train "
+                    f"set has {n_train}); choose a value between 1 and {n_train - 1}."
+                )
+            self.train_indices, self.val_indices = stratified_split(
+                labels, self.hparams.val_size, self.hparams.seed
+            )
         mix = torch.Generator().manual_seed(0)
         self.val_order = self.val_indices[torch.randperm(len(self.val_indices), generator=mix)]
 
     def split_record(self) -> dict[str, Any]:
-        """What identifies the validation split: its size, seed and a hash of its indices."""
+        """What identifies the validation split: its size, seed, the cross-validation fold
+        (folds and fold; both None for the val_size split) and a hash of its indices."""
         if self.val_indices is None:
             return {}
         digest = hashlib.sha256(self.val_indices.to(torch.int64).numpy().tobytes()).hexdigest()
+        folds = self.hparams.folds
         return {
             "val_size": len(self.val_indices),
             "train_size": len(self.train_indices),
             "test_size": len(self.data.test_labels),
             "seed": self.hparams.seed,
+            "folds": folds,
+            "fold": None if folds is None else self.hparams.fold,
             "val_indices_sha256": digest,
         }
 
@@ -435,6 +482,39 @@ def _check_regularisers(
                 f"{key}={alpha} is not a Beta distribution's alpha; pass a positive, finite number "
                 f"(e.g. {key}=1.0), or {key}=null to switch it off."
             )
+
+
+def _check_folds(folds: Any, fold: Any) -> None:
+    """Raise a UserError for a number of folds or a fold that cannot be a cross-validation."""
+    if folds is None:
+        if fold not in (0, None):
+            raise UserError(
+                f"data.fold={fold} picks a cross-validation fold, but data.folds is null; pass "
+                "the number of folds too (e.g. data.folds=5), or leave data.fold out."
+            )
+        return
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise UserError(
+            f"data.folds={folds} is not a number of cross-validation folds; pass 2 or more "
+            "(e.g. data.folds=5), or data.folds=null for the data.val_size split."
+        )
+    if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < folds:
+        raise UserError(
+            f"data.fold={fold} is not one of the {folds} folds; pass data.fold from 0 to "
+            f"{folds - 1}."
+        )
+
+
+def _check_folds_fit(labels: torch.Tensor, folds: int) -> None:
+    """Raise a UserError when some class has fewer images than folds (a fold would lack it)."""
+    classes, counts = labels.unique(return_counts=True)
+    smallest = int(counts.argmin())
+    images, name = int(counts[smallest]), CLASSES[int(classes[smallest])]
+    if folds > images:
+        raise UserError(
+            f"data.folds={folds} is more folds than the train set's smallest class ({name}, "
+            f"{images} images) can spread over; pass data.folds={images} or fewer."
+        )
 
 
 def _require_number(key: str, value: Any, *, low: float, high: float) -> None:

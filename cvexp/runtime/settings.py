@@ -51,6 +51,7 @@ def check_settings(cfg: DictConfig) -> None:
     _check_seed(cfg)
     _check_model(cfg)
     _check_data(cfg)
+    _check_folds(cfg)
     _check_reporting(cfg)
 
 
@@ -149,6 +150,30 @@ def _check_data(cfg: DictConfig) -> None:
                 f"{key}={_shown(alpha)} is not a Beta distribution's alpha; pass a positive, "
                 f"finite number (e.g. {key}=1.0), or {key}=null to switch it off."
             )
+
+
+def _check_folds(cfg: DictConfig) -> None:
+    """data.folds: null or 2 or more; data.fold: 0 to folds-1 (0 without folds). The same
+    sentences as the DataModule's, which also refuses more folds than the smallest class has
+    images (it needs the data to know)."""
+    folds, fold = _get(cfg, "data.folds"), _get(cfg, "data.fold")
+    if folds is None:
+        if fold not in (0, None):
+            raise UserError(
+                f"data.fold={_shown(fold)} picks a cross-validation fold, but data.folds is null; "
+                "pass the number of folds too (e.g. data.folds=5), or leave data.fold out."
+            )
+        return
+    if not _is_int(folds) or folds < 2:
+        raise UserError(
+            f"data.folds={_shown(folds)} is not a number of cross-validation folds; pass 2 or "
+            "more (e.g. data.folds=5), or data.folds=null for the data.val_size split."
+        )
+    if not _is_int(fold) or not 0 <= fold < folds:
+        raise UserError(
+            f"data.fold={_shown(fold)} is not one of the {folds} folds; pass data.fold from 0 to "
+            f"{folds - 1}."
+        )
 
 
 def _check_reporting(cfg: DictConfig) -> None:
