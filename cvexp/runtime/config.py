@@ -18,6 +18,7 @@ from cvexp.runtime.hydra_app import (
     path_safe,
 )
 from cvexp.runtime.key_help import resolve_key_help
+from cvexp.runtime.optuna_study import trial_number
 from cvexp.runtime.run_dir import job_dirname, record_subdir
 
 
@@ -39,6 +40,7 @@ def register_logger_resolvers() -> None:
     OmegaConf.register_new_resolver("mlflow_tags", tag_dict, replace=True)
     OmegaConf.register_new_resolver("record_subdir", record_subdir, replace=True)
     OmegaConf.register_new_resolver("logger_run_id", logger_run_id, replace=True)
+    OmegaConf.register_new_resolver("trial_number", trial_number, replace=True)
 
 
 def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:

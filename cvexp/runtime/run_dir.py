@@ -7,7 +7,8 @@ adding `-1`, `-2`, ... when the name is taken, so two runs started in the same s
 share one. A directory named explicitly on the command line is used as given, unless it
 already holds a run: that one is refused, because writing into it would mix two runs, unless
 the run continues it (`resume=`, a requeued SLURM job, or a sweep with `skip_completed=true`:
-see runtime/continuation.py).
+see runtime/continuation.py). A sweep continued with `skip_completed=true` keeps its earlier
+`multirun.yaml` (which Hydra's sweeper writes anew) as `multirun_history/<time>.yaml`.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from cvexp.run_record import (
     release_lock,
     runs_with_launch_records,
 )
-from cvexp.runtime.continuation import keep_history, quoted, requeued_run
+from cvexp.runtime.continuation import keep_history, keep_sweep_record, quoted, requeued_run
 from cvexp.runtime.hydra_app import path_safe
 from cvexp.runtime.settings import check_settings
 from cvexp.runtime.shared_run_dir import agree_on_run_dir, runs_root
@@ -162,7 +163,8 @@ def lock_or_refuse(run: RunDir) -> None:
 
 def continue_sweep_in(config: DictConfig, sweep_dir: Path) -> None:
     """skip_completed=true: the sweep writes into `sweep_dir` as it is (made when new), and its
-    jobs skip what finished there (see runtime/continuation.py)."""
+    jobs skip what finished there (see runtime/continuation.py); its earlier `multirun.yaml`
+    is kept in `multirun_history/` before Hydra's sweeper writes the new one."""
     if RunDir(sweep_dir).record_dir.is_dir():
         exit_with_error(
             f"{sweep_dir} holds a single run, not a sweep; pass the folder of a sweep as "
@@ -174,6 +176,14 @@ def continue_sweep_in(config: DictConfig, sweep_dir: Path) -> None:
         exit_with_error(
             f"cannot create the sweep directory {sweep_dir} ({err.strerror or err}); pass "
             "paths.log_dir=<a writable folder>."
+        )
+    sweep = RunDir(sweep_dir)
+    try:
+        keep_sweep_record(sweep)
+    except OSError as err:
+        exit_with_error(
+            f"cannot keep a copy of {sweep.sweep_record_path} in {sweep.sweep_history_dir} "
+            f"({err.strerror or err}); make the sweep folder writable, then run it again."
         )
     if not explicitly_given(config, "hydra.sweep.dir"):
         with read_write(config.hydra), open_dict(config.hydra):
