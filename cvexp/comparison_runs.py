@@ -40,6 +40,9 @@ from cvexp.viz.curves import Curves
 
 # where Hydra records the keys it leaves out of a job's name, below the `hydra` node
 EXCLUDE_KEYS = "job.config.override_dirname.exclude_keys"
+# keys whose values repeat one configuration rather than make another: the seed, and the fold of
+# a cross-validation (data.fold; data.folds still tells configurations apart)
+REPEAT_KEYS = frozenset({"seed", "data.fold"})
 # a run without a summary: still training, or killed (SIGKILL, out of memory, power) before
 # RunSummary could record how it ended; a run that fails or is interrupted records that
 NO_SUMMARY = "running or killed"
@@ -119,8 +122,9 @@ class Run:
 
     @property
     def config_key(self) -> tuple[str, ...]:
-        """The overrides that define its configuration: all but the seed and the excluded keys."""
-        ignored = self.excluded_keys | {"seed"}
+        """The overrides that define its configuration: all but the repeats (`REPEAT_KEYS`: seed,
+        data.fold) and the excluded keys."""
+        ignored = self.excluded_keys | REPEAT_KEYS
         return tuple(sorted(o for o in self.overrides if override_key(o) not in ignored))
 
 
@@ -283,7 +287,7 @@ def _short(error: BaseException, limit: int = 80) -> str:
 
 @dataclass
 class Group:
-    """The runs of one configuration (they differ only in seed and excluded keys)."""
+    """The runs of one configuration (they differ only in seed, fold and excluded keys)."""
 
     label: str
     runs: list[Run]

@@ -1,8 +1,12 @@
-"""k-fold cross-validation: data.folds=K data.fold=i and the kfold5 sweep preset."""
+"""k-fold cross-validation: data.folds=K data.fold=i, the kfold5 sweep preset, and cvexp-compare
+showing the folds of one configuration as one row."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -11,11 +15,12 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from cvexp.comparison_runs import Run, group_runs
 from cvexp.data import CIFAR10DataModule
 from cvexp.data.datamodule import kfold_split, stratified_folds, stratified_split
 from cvexp.errors import UserError
 from cvexp.runtime.settings import check_settings
-from tests.conftest import CLI_TINY, TRAIN_PER_CLASS, run_cli
+from tests.conftest import CLI_TINY, TRAIN_PER_CLASS, run_cli, write_batches_dir
 
 
 def _sha256(indices: torch.Tensor) -> str:
@@ -162,3 +167,41 @@ def test_the_kfold5_preset_is_a_sweep_over_five_folds(compose_train) -> None:
     )
     assert override.key_or_group == "data.fold"
     assert list(override.sweep_iterator()) == [0, 1, 2, 3, 4]
+
+
+def test_compare_counts_a_fold_like_a_seed() -> None:
+    def run(*overrides: str) -> Run:
+        return Run(Path("/runs") / "+".join(overrides), list(overrides), {}, "completed")
+
+    runs = [run("data.folds=3", f"data.fold={i}", f"seed={s}") for i in range(3) for s in (1, 2)]
+    other = [run("data.folds=5", f"data.fold={i}") for i in range(5)]
+    groups = {g.label: len(g.runs) for g in group_runs([*runs, *other])}
+    assert groups == {"data.folds=3": 6, "data.folds=5": 5}
+
+
+@pytest.mark.slow
+def test_compare_shows_a_three_fold_sweep_as_one_row(tmp_path: Path, tiny) -> None:
+    write_batches_dir(tmp_path / "data", tiny)
+    result = run_cli(
+        "cvexp-train", "-m", *CLI_TINY, "data.folds=3", "data.fold=0,1,2", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (sweep_dir,) = list((tmp_path / "multirun").glob("*/*"))
+    jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
+    summaries = [json.loads((job / "summary.json").read_text()) for job in jobs]
+    assert [(s["split"]["folds"], s["split"]["fold"]) for s in summaries] == [
+        (3, 0),
+        (3, 1),
+        (3, 2),
+    ]
+    assert len({s["split"]["val_indices_sha256"] for s in summaries}) == 3
+
+    result = run_cli("cvexp-compare", str(sweep_dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with (sweep_dir / "results.csv").open() as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["n"] == "3"
+    assert sorted(row["runs"].split()) == [str(job) for job in jobs]
+    values = [s["best_val_acc"] for s in summaries]
+    assert float(row["best_val_acc_mean"]) == pytest.approx(statistics.fmean(values))
+    assert float(row["best_val_acc_std"]) == pytest.approx(statistics.stdev(values))
