@@ -245,6 +245,21 @@ def check_checkpoint_fits(
         )
 
 
+def check_optimizer_fits(
+    classifier: ImageClassifier, checkpoint: dict[str, Any], path: str | Path
+) -> None:
+    """`ckpt_path=` continues a fit: its optimiser state must fit this run's parameter groups."""
+    states = checkpoint.get("optimizer_states") or [{}]
+    saved = [len(group["params"]) for group in states[0].get("param_groups", [])]
+    own = [len(group["params"]) for group in classifier.parameter_groups()]
+    if saved and saved != own:
+        raise UserError(
+            f"{path} holds an optimiser state for parameter groups of {saved} parameters, not "
+            f"this run's {own} (a ViT or SASA ResNet run started before weight decay followed "
+            f"timm's rule, say); start a new run from its weights with init_from={path}."
+        )
+
+
 def load_net_weights(
     net: torch.nn.Module, path: str | Path, *, strict: bool = True, trust: bool = False
 ) -> dict[str, Any]:

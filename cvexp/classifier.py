@@ -24,9 +24,10 @@ SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 class ImageClassifier(L.LightningModule):
     """Cross-entropy classification of float images in [0, 1]; the net does its own preprocessing.
 
-    `optimizer` is a factory called with `params=` (parameter groups: weight decay on
-    weights, none on biases and norm parameters). `scheduler` is a factory called with
-    `optimizer=`, and `total_steps=` (the number of optimiser steps in the whole fit) when it
+    `optimizer` is a factory called with `params=` (parameter groups, timm's rule: the
+    optimiser's weight decay on weight matrices and conv kernels, none on biases, norm
+    parameters and what the net's `no_weight_decay()` names). `scheduler` is a factory called
+    with `optimizer=`, and `total_steps=` (the number of optimiser steps in the whole fit) when it
     takes that argument; it is stepped every batch.
 
     Fast paths: `channels_last` stores conv weights and inputs NHWC (faster convolutions on
@@ -138,14 +139,11 @@ class ImageClassifier(L.LightningModule):
     # ------------------------------------------------------------------ optimisation
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """The net's own groups when it defines them; else weight decay on weight matrices and
-        conv kernels, none on biases and norm parameters. Frozen parameters are left out."""
+        """The net's own groups when it defines them (the timm wrapper, for layer-wise lr
+        decay); else timm's rule (`weight_decay_groups`). Frozen parameters are left out."""
         if hasattr(self.net, "parameter_groups"):
             return self.net.parameter_groups()
-        trainable = [p for p in self.net.parameters() if p.requires_grad]
-        decay = [p for p in trainable if p.ndim > 1]
-        no_decay = [p for p in trainable if p.ndim <= 1]
-        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return weight_decay_groups(self.net)
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
@@ -202,6 +200,29 @@ class ImageClassifier(L.LightningModule):
             and len(states["cuda"]) == torch.cuda.device_count()
         ):
             torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def weight_decay_groups(net: nn.Module) -> list[dict[str, Any]]:
+    """Optimiser groups by timm's rule (`timm.optim.param_groups_weight_decay`), as timm and
+    DeiT train: no weight decay on biases, 1-D tensors (norms) and the parameters that the
+    net's `no_weight_decay()` names (class token, position embeddings); the rest keep the
+    optimiser's own `weight_decay`, the single knob. Frozen parameters are left out.
+
+    Two groups, the decaying one first, as before this rule: a checkpoint whose groups hold
+    the same parameters (VGG, the all-conv ResNet) resumes with its optimiser state.
+    """
+    from timm.optim import param_groups_weight_decay  # imported by a fit only: ~0.3 s
+
+    no_decay_names = getattr(net, "no_weight_decay", set)()
+    groups = param_groups_weight_decay(
+        net, weight_decay=_OPTIMIZER_DEFAULT, no_weight_decay_list=no_decay_names
+    )
+    decay = [p for g in groups if g["weight_decay"] == _OPTIMIZER_DEFAULT for p in g["params"]]
+    no_decay = [p for g in groups if g["weight_decay"] == 0.0 for p in g["params"]]
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+_OPTIMIZER_DEFAULT = -1.0  # a weight decay timm's rule passes on to the groups that decay
 
 
 def _loss_per_image(mean_loss: torch.Tensor, batch_size: int) -> torch.Tensor:

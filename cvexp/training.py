@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from cvexp.callbacks import InterruptCheckpoint, RunSummary
 from cvexp.checkpoint import (
     check_checkpoint_fits,
+    check_optimizer_fits,
     check_train_on,
     load_net_weights,
     read_checkpoint,
@@ -100,6 +101,7 @@ def train(cfg: DictConfig, continuation: Continuation = FRESH) -> dict[str, Any]
         if ckpt_path:  # refuse an unsafe, foreign or finished checkpoint before starting
             checkpoint = read_checkpoint(ckpt_path, trust=trust)
             check_checkpoint_fits(classifier.net, checkpoint, ckpt_path)
+            check_optimizer_fits(classifier, checkpoint, ckpt_path)
             check_train_on(checkpoint, trainer.max_epochs)
 
         with ddp_relaunch_in_place(trainer):

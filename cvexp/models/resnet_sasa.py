@@ -84,6 +84,11 @@ class LocalSelfAttention2d(nn.Module):
         self.pool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
         self._masks: dict[tuple[str, int, int, torch.device], torch.Tensor] = {}
 
+    def no_weight_decay(self) -> set[str]:
+        """The relative position embeddings: no weight decay, as timm's Swin and MaxViT treat
+        their relative position tables (and ViTs their position embeddings)."""
+        return {"rel_rows", "rel_cols"}
+
     def relative_embeddings(self) -> torch.Tensor:
         """r for every offset of the window: (heads, head_dim, k*k), offset index a*k + b,
         the row half from `rel_rows[a]`, the column half from `rel_cols[b]`."""
@@ -416,6 +421,16 @@ class ResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def no_weight_decay(self) -> set[str]:
+        """The parameters that get no weight decay beyond biases and BN (timm's convention): the
+        relative position embeddings of every local attention layer; none in the all-conv net."""
+        return {
+            f"{prefix}.{name}"
+            for prefix, module in self.named_modules()
+            if isinstance(module, LocalSelfAttention2d)
+            for name in module.no_weight_decay()
+        }
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, 32, 32) in [0, 1] -> (B, C, 4, 4) feature map of the last stage."""

@@ -200,6 +200,12 @@ class TimmClassifier(nn.Module):
             self.preprocess(x), indices=indices, intermediates_only=intermediates_only
         )
 
+    def no_weight_decay(self) -> set[str]:
+        """The parameters that get no weight decay beyond biases and norms, by their names in
+        this wrapper: what the timm model's own `no_weight_decay()` names (position
+        embeddings, class token), under `model.`."""
+        return {f"model.{name}" for name in getattr(self.model, "no_weight_decay", set)()}
+
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Optimiser groups (timm's): no weight decay on biases, norms and what the model's
         `no_weight_decay()` names (position embeddings, class token); with `layer_decay`, an

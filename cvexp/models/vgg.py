@@ -127,6 +127,11 @@ class VGG(nn.Module):
                 nn.init.zeros_(module.bias)
         nn.init.normal_(self.classifier[-1].weight, std=0.01)  # near-uniform first predictions
 
+    def no_weight_decay(self) -> set[str]:
+        """The parameters that get no weight decay beyond biases and BN (timm's convention):
+        none, as a VGG has no embeddings."""
+        return set()
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) in [0, 1] -> feature maps (B, 512 * width, H/32, W/32)."""
         return self.features(self.normalize(x))

@@ -294,6 +294,12 @@ class VisionTransformer(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
+    def no_weight_decay(self) -> set[str]:
+        """The parameters that get no weight decay, as timm's and DeiT's ViTs name them: the
+        class token, and the position embedding when it is learned (the sinusoidal table is a
+        buffer). Biases and LayerNorms get none either, by the optimiser groups' rule."""
+        return {"cls_token"} | ({"pos_embed"} if self.pos_embed_kind == "learned" else set())
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) in [0, 1] -> tokens (B, T, D): class token first, positions added."""
         x = self.patch_embed(self.normalize(x))  # (B, N, D)
