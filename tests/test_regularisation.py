@@ -26,6 +26,9 @@ from cvexp.models.vgg import VGG
 from cvexp.training import train
 
 PROBE = ["+callbacks.probe._target_=tests.test_regularisation.Probe"]
+# the EMA averaging from the first step (its default starts with the second epoch, tested in
+# tests/test_ema.py), so that the average differs from the raw weights in every epoch
+EMA_FROM_STEP_0 = ["callbacks=ema", "callbacks.ema.update_starting_at_epoch=null"]
 ALL_DATA_REGULARISERS = [
     "data.auto_augment=autoaugment",
     "data.cutout=8",
@@ -286,7 +289,7 @@ def test_a_real_fit_with_every_data_regulariser_changes_training_batches_only(
 
 
 def test_ema_weights_are_validated_saved_and_tested(compose_train) -> None:
-    summary = train(compose_train("callbacks=ema", "callbacks.ema.decay=0.5", *PROBE))
+    summary = train(compose_train(*EMA_FROM_STEP_0, "callbacks.ema.decay=0.5", *PROBE))
     assert summary["status"] == "completed"
     probe = Probe.last
     for epoch in (0, 1):  # validation ran on the average, which is not the raw weights
@@ -309,11 +312,13 @@ def test_ema_weights_are_validated_saved_and_tested(compose_train) -> None:
 def test_an_ema_run_resumes_with_its_raw_weights_and_its_average(
     compose_train, tmp_path: Path
 ) -> None:
-    first = train(compose_train("callbacks=ema", "trainer.max_epochs=1"))
+    first = train(compose_train(*EMA_FROM_STEP_0, "trainer.max_epochs=1"))
     last_ckpt = Path(first["best_model_path"]).parent / "last.ckpt"
     saved = torch.load(last_ckpt, map_location="cpu", weights_only=True)
     # in place, as resume=RUN_DIR does
-    cfg = compose_train("callbacks=ema", f"ckpt_path={last_ckpt}", *PROBE, run_dir=tmp_path / "run")
+    cfg = compose_train(
+        *EMA_FROM_STEP_0, f"ckpt_path={last_ckpt}", *PROBE, run_dir=tmp_path / "run"
+    )
     summary = train(cfg)
     assert summary["status"] == "completed" and summary["epochs_run"] == 2
     start = Probe.last.train_start
