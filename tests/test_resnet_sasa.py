@@ -198,3 +198,25 @@ def test_the_speed_comparison_runs() -> None:
     result = measure(batch_size=2, steps=1, repeats=1, with_memory=False)
     assert set(result["images_per_s"]) == {"resnet26", "resnet26_sasa", "resnet26_full_sasa"}
     assert result["ratio"] > 0 and result["ratio_full_attention"] > 0
+
+
+@pytest.mark.parametrize(("size", "kernel_size", "stride"), [((9, 7), 5, 1), ((12, 20), 7, 2)])
+def test_the_exporters_path_equals_the_straightforward_offset_loop(
+    monkeypatch: pytest.MonkeyPatch, size: tuple[int, int], kernel_size: int, stride: int
+) -> None:
+    """Under torch.export or the TorchScript tracer the windowed path computes out of place over
+    the whole batch (no chunks, no autograd.Function): the same output and weights."""
+    torch.manual_seed(0)
+    layer = LocalSelfAttention2d(5, 8, kernel_size=kernel_size, num_heads=2, stride=stride)
+    layer = layer.double()
+    with torch.no_grad():
+        layer.qkv.weight.mul_(3)  # peaked weights: the softmax is far from uniform
+    assert not layer.uses_dense_path(*size)
+    x = torch.randn(3, 5, *size, dtype=torch.float64)
+    with torch.no_grad():
+        expected = straightforward(layer, x)
+        monkeypatch.setattr(resnet_sasa, "_exporting", lambda: True)
+        monkeypatch.setattr(resnet_sasa._WindowAttention, "apply", None)  # not this path
+        got = layer(x, return_attention=True)
+    for exported, reference in zip(got, expected, strict=True):
+        torch.testing.assert_close(exported, reference, rtol=1e-10, atol=1e-10)

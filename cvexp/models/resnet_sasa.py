@@ -186,7 +186,10 @@ class LocalSelfAttention2d(nn.Module):
             mask = torch.ones(k * k, h, row, dtype=torch.bool, device=q.device)
             mask[..., :w] = self.valid_neighbours(h, w, q.device)
             self._masks[mask_key] = mask.flatten(1)  # (k*k, H*row)
-        out, attention = _WindowAttention.apply(
+        # an exporter (torch.export, TorchScript's tracer, ONNX) cannot record the chunk loop
+        # and in-place writes of the autograd.Function: it gets the same sums, out of place
+        window_attention = _window_attention if _exporting() else _WindowAttention.apply
+        out, attention = window_attention(
             q, key, value, self.relative_embeddings(), self._masks[mask_key], k, w
         )
         out = out.view(b, heads, d, h, row)[..., :w]
@@ -217,6 +220,39 @@ def _image_chunks(q: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor, torch.
     for start in range(0, b, n):
         m = min(n, b - start)
         yield slice(start, start + m), products[:m], sums[:m]
+
+
+def _exporting() -> bool:
+    """Whether torch.export or TorchScript's tracer (under torch.onnx too) is recording the net
+    (torch.compiler.is_exporting is missing from older torch, whose export then refuses the net)."""
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return torch.jit.is_tracing() or (is_exporting is not None and is_exporting())
+
+
+def _window_attention(
+    q: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    relative: torch.Tensor,
+    mask: torch.Tensor,
+    kernel_size: int,
+    width: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_WindowAttention`'s forward, written out of place over the whole batch at once (no chunks,
+    no `out=`), for the exporters: the batch stays a dynamic dimension. Same arguments and results.
+    The 2p extra query columns are zero, so their q . r is zero, as there."""
+    length = q.shape[-1]
+    k, row = kernel_size, width + kernel_size - 1
+    shifts = [a * row + c for a in range(k) for c in range(k)]  # offset index a*k + c
+    logits = torch.stack(  # q . k per offset: (B, heads, k*k, L)
+        [(q * key[..., s : s + length]).sum(2) for s in shifts], dim=2
+    )
+    logits = logits + relative.transpose(1, 2) @ q  # + q . r: (heads, k*k, d) @ (B, heads, d, L)
+    attention = logits.masked_fill(~mask, float("-inf")).softmax(dim=2)  # (B, heads, k*k, L)
+    out = attention[:, :, :1] * value[..., :length]  # sum_o a_o v_o: (B, heads, d, L)
+    for o, s in enumerate(shifts[1:], start=1):
+        out = out + attention[:, :, o : o + 1] * value[..., s : s + length]
+    return out, attention
 
 
 class _WindowAttention(torch.autograd.Function):
