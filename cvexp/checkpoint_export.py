@@ -1,5 +1,6 @@
-"""Export a checkpoint as a model file: write it in the format asked for, check it against
-PyTorch, and record the result in export.json (what `cvexp-export` runs).
+"""Export a checkpoint as a model file (torch.export .pt2, TorchScript or ONNX): write it in the
+format asked for, check it against PyTorch, and record the result in export.json (what
+`cvexp-export` runs).
 
 The model takes float images (B, 3, 32, 32) in [0, 1] and returns logits; the net's own
 normalisation is inside it. The formats themselves are in `cvexp.export_formats`.
@@ -25,6 +26,7 @@ from cvexp.export_formats import (
     TOLERANCES,
     deployable,
     export_onnx,
+    export_torch_export,
     export_torchscript,
     parity,
     require,
@@ -39,10 +41,14 @@ def export_checkpoint(cfg: DictConfig) -> dict[str, Any]:
         raise UserError("cvexp-export needs a checkpoint; pass ckpt_path=<path to a .ckpt file>.")
     fmt = cfg.get("format")
     if not fmt:
-        raise UserError("cvexp-export needs a format; pass format=onnx or format=torchscript.")
+        raise UserError(
+            "cvexp-export needs a format; pass format=torch_export (recommended), onnx or "
+            "torchscript."
+        )
     if fmt not in FORMATS:
         raise UserError(
-            f"format={fmt} is not an export format; pass format=onnx or format=torchscript."
+            f"format={fmt} is not an export format; pass format=torch_export (recommended), "
+            "onnx or torchscript."
         )
     tolerance = cfg.get("tolerance")
     tolerance = TOLERANCES[fmt] if tolerance is None else tolerance
@@ -69,9 +75,13 @@ def export_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     batches, sources = parity_batches(cfg)
     classifier, _ = load_classifier(cfg.ckpt_path, trust=cfg.trust_checkpoint)
     model = deployable(classifier.net)
+    # 2 images, not 1: torch.export would specialise a batch of 1 instead of keeping it dynamic
     example = torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
     details: dict[str, Any] = {}
-    if fmt == "torchscript":
+    if fmt == "torch_export":
+        export_torch_export(model, path, example)
+        details["torch"] = torch.__version__  # torch.export.load wants a compatible torch
+    elif fmt == "torchscript":
         export_torchscript(model, path, example)
     else:
         details["exporter"] = export_onnx(
@@ -103,10 +113,13 @@ def export_checkpoint(cfg: DictConfig) -> dict[str, Any]:
         raise UserError(
             f"The {fmt} model's logits differ from PyTorch's by up to {result['max_abs_diff']:.3g} "
             f"(tolerance {tolerance:g}; top-1 agrees on {agree}), so it was kept only as {failed} "
-            f"for inspection; try format={'torchscript' if fmt == 'onnx' else 'onnx'}, or pass "
+            f"for inspection; try format={'onnx' if fmt == 'torch_export' else 'torch_export'}, or pass "
             "a larger tolerance= if that difference is acceptable."
         )
-    kind = f"onnx opset {details['opset']}, {details['exporter']} exporter" if details else fmt
+    kind = {
+        "onnx": f"onnx opset {details.get('opset')}, {details.get('exporter')} exporter",
+        "torch_export": f"torch.export, torch {torch.__version__}",
+    }.get(fmt, fmt)
     print(
         f"wrote {path} ({human_size(size)}, {kind}; input: images (B, 3, 32, 32) in [0, 1], "
         "output: logits)"

@@ -1,5 +1,5 @@
-"""The export formats: a net as a TorchScript or ONNX file, read back, and the parity check
-of such a file against PyTorch.
+"""The export formats: a net as a torch.export (.pt2), TorchScript or ONNX file, read back, and
+the parity check of such a file against PyTorch.
 
 The exported function is the net itself: float images (B, 3, 32, 32) in [0, 1] -> logits
 (B, num_classes). The net owns its normalisation (and, for timm models, its resize), so the
@@ -24,9 +24,10 @@ from torch import nn
 
 from cvexp.errors import UserError
 
-FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
+# torch_export is the recommended one: TorchScript is deprecated upstream in its favour
+FORMATS = {"torch_export": ".pt2", "torchscript": ".pt", "onnx": ".onnx"}
 # the largest |logit difference| that still passes the parity check
-TOLERANCES = {"torchscript": 1e-4, "onnx": 1e-3}
+TOLERANCES = {"torch_export": 1e-4, "torchscript": 1e-4, "onnx": 1e-3}
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 ONNX_EXPORTERS = ("auto", "dynamo", "legacy")
 # ONNX files hold at most 2 GB in one protobuf; larger weights go to a .data file beside it
@@ -83,6 +84,34 @@ def export_torchscript(model: nn.Module, path: Path, example: torch.Tensor) -> P
             traced = torch.jit.trace(model, example, check_trace=False)
         staged = staging / path.name
         torch.jit.save(traced, str(staged))
+        _publish(staged, path)
+    return path
+
+
+def export_torch_export(model: nn.Module, path: Path, example: torch.Tensor) -> Path:
+    """Export `model` with torch.export, the batch dimension dynamic, and save it at `path` (.pt2).
+
+    `example` (B, 3, H, W) needs B >= 2: torch.export specialises a dimension of size 1 (or 0)
+    to that constant, which would refuse the dynamic batch.
+    """
+    if len(example) < 2:
+        raise ValueError(f"torch.export needs an example batch of 2 or more, got {len(example)}.")
+    # one eager pass first, so that tables a net builds lazily on its first call (the local
+    # attention's masks) exist, rather than being created as attributes while export traces
+    with torch.no_grad():
+        model(example)
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise UserError(
+            f"torch.export could not export this network ({first}); try format=onnx or "
+            "format=torchscript."
+        ) from err
+    with _staged(path) as staging:
+        staged = staging / path.name
+        torch.export.save(program, str(staged))
         _publish(staged, path)
     return path
 
@@ -183,6 +212,17 @@ def load_torchscript(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
     return run
 
 
+def load_torch_export(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A saved torch.export program (.pt2), as a function of a CPU image batch."""
+    module = torch.export.load(str(path)).module()  # traced in eval mode: no .eval() needed
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return module(images)
+
+    return run
+
+
 def load_onnx(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
     """A saved ONNX model in onnxruntime (CPU), as a function of a CPU image batch."""
     require("onnxruntime", "the ONNX parity check")
@@ -199,6 +239,7 @@ def load_onnx(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 LOADERS: dict[str, Callable[[Path], Callable[[torch.Tensor], torch.Tensor]]] = {
+    "torch_export": load_torch_export,
     "torchscript": load_torchscript,
     "onnx": load_onnx,
 }

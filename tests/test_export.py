@@ -1,4 +1,5 @@
-"""cvexp-export: TorchScript and ONNX models that take [0, 1] images, checked against PyTorch."""
+"""cvexp-export: torch.export, TorchScript and ONNX models that take [0, 1] images, checked
+against PyTorch."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import cvexp.checkpoint_export as export_module
 from cvexp.checkpoint import load_classifier
 from cvexp.checkpoint_export import export_checkpoint
 from cvexp.errors import UserError
-from cvexp.export_formats import load_torchscript, require
+from cvexp.export_formats import export_torch_export, load_torchscript, require
 from cvexp.runtime.config import compose_config
 from tests.conftest import run_cli
 from tests.tiny_checkpoint import write_tiny_checkpoint
@@ -26,7 +27,8 @@ HAS_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime"))
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("ckpt")
     return {
-        kind: write_tiny_checkpoint(folder / f"{kind}.ckpt", kind) for kind in ("vit", "resnet")
+        kind: write_tiny_checkpoint(folder / f"{kind}.ckpt", kind)
+        for kind in ("vit", "resnet", "vgg16", "resnet_sasa")
     }
 
 
@@ -53,6 +55,44 @@ def reference_logits(checkpoint: Path, batch: torch.Tensor) -> torch.Tensor:
     classifier, _ = load_classifier(checkpoint)
     with torch.no_grad():
         return classifier(batch)
+
+
+# the scratch ViT (fused attention), VGG16, and the ResNet with local attention in every layer
+@pytest.mark.parametrize("kind", ["vit", "vgg16", "resnet_sasa"])
+def test_torch_export_matches_pytorch_with_a_dynamic_batch(
+    kind: str, tmp_path: Path, checkpoints, compose_export
+) -> None:
+    cfg = compose_export(f"ckpt_path={checkpoints[kind]}", "format=torch_export")
+    record = export_checkpoint(cfg)
+    path = tmp_path / "run" / "model.pt2"  # the default name, in the run directory
+    assert record["passed"] and Path(record["file"]) == path.resolve()
+    assert record["format"] == "torch_export" and record["torch"] == torch.__version__
+    assert record["parity"]["max_abs_diff"] <= 1e-4 and record["parity"]["top1_all_agree"]
+    assert record["parity"]["images"] == 9  # a batch of 8 and a batch of 1
+    assert json.loads((tmp_path / "run" / "export.json").read_text()) == record
+
+    program = torch.export.load(str(path))  # the plain PyTorch way, as a user would
+    (name,) = program.graph_signature.user_inputs
+    node = next(n for n in program.graph.nodes if n.name == name)
+    assert isinstance(node.meta["val"].shape[0], torch.SymInt)  # the batch: not a constant
+    loaded = program.module()
+    for batch in (images(1, seed=2), images(5), images(3, seed=3)):  # exported with 2 images
+        with torch.no_grad():
+            got = loaded(batch)
+        expected = reference_logits(checkpoints[kind], batch)
+        assert got.shape == (len(batch), 10)
+        assert (got - expected).abs().max() <= 1e-4
+        assert torch.equal(got.argmax(1), expected.argmax(1))
+
+
+def test_torch_export_refuses_a_net_it_cannot_trace(tmp_path: Path) -> None:
+    class BatchDependent(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # specialises the batch size
+            return x.flatten(1)[:, :10] * (2.0 if x.shape[0] == 2 else 1.0)
+
+    with pytest.raises(UserError, match=r"torch\.export could not export.*format=onnx"):
+        export_torch_export(BatchDependent().eval(), tmp_path / "m.pt2", images(2))
+    assert list(tmp_path.iterdir()) == []  # nothing left behind
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
@@ -199,3 +239,20 @@ def test_export_cli(tmp_path: Path, checkpoints) -> None:
     assert (tmp_path / "model.pt").is_file()
     (export_json,) = (tmp_path / "outputs" / "export").glob("*/*/export.json")
     assert json.loads(export_json.read_text())["passed"] is True
+
+
+@pytest.mark.slow
+def test_export_cli_torch_export(tmp_path: Path, checkpoints) -> None:
+    result = run_cli(
+        "cvexp-export", f"ckpt_path={checkpoints['vgg16']}", "format=torch_export", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    (export_json,) = (tmp_path / "outputs" / "export").glob("*/*/export.json")
+    record = json.loads(export_json.read_text())
+    path = export_json.parent / "model.pt2"
+    assert f"wrote {path} (" in result.stdout and "torch.export" in result.stdout
+    assert record["passed"] is True and record["format"] == "torch_export"
+    assert Path(record["file"]) == path.resolve() and path.is_file()
+    assert record["parity"]["max_abs_diff"] <= 1e-4 and record["parity"]["images"] == 9
+    assert record["input"]["shape"] == ["batch", 3, 32, 32]

@@ -36,6 +36,18 @@ NETS: dict[str, dict[str, Any]] = {
         "stem_width": 8,
         "attention_stages": [False, False, False, False],
     },
+    # local self-attention in the stem and every stage, a 3x3 window: the maps of 32 to 8 pixels
+    # take the windowed path, the 4x4 one the dense path
+    "resnet_sasa": {
+        "_target_": "cvexp.models.resnet_sasa.ResNet",
+        "blocks": [1, 1, 1, 1],
+        "widths": [8, 8, 8, 8],
+        "stem_width": 8,
+        "attention_stages": [True, True, True, True],
+        "attention_stem": True,
+        "kernel_size": 3,
+        "num_heads": 2,
+    },
 }
 
 

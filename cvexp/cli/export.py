@@ -1,6 +1,7 @@
-"""cvexp-export: a checkpoint as a deployable TorchScript or ONNX model, checked against PyTorch.
+"""cvexp-export: a checkpoint as a deployable model (torch.export, ONNX or TorchScript), checked
+against PyTorch.
 
-cvexp-export ckpt_path=.../best.ckpt format=torchscript            # outputs/export/<date>/<time>/model.pt
+cvexp-export ckpt_path=.../best.ckpt format=torch_export           # outputs/export/<date>/<time>/model.pt2
 cvexp-export ckpt_path=.../best.ckpt format=onnx out=deploy/cifar.onnx
 
 The model takes float images (B, 3, 32, 32) in [0, 1] and returns logits; the net's own
