@@ -14,6 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 import cvexp.lecture.worked_attention as worked_module
+from cvexp.classifier import ImageClassifier
 from cvexp.cli.attention import example_from_config, hydra_arguments, quote_value
 from cvexp.errors import UserError
 from cvexp.lecture.attention_example import attention_example
@@ -33,11 +34,6 @@ from cvexp.lecture.worked_attention import worked_attention
 from cvexp.models.vit import VisionTransformer, explicit_attention, sinusoidal_table
 from cvexp.runtime.config import compose_config
 from cvexp.viz.vit_pipeline import patch_vectors, vit_pipeline_figure
-
-try:  # the classifier module's new name, and its old one
-    from cvexp.classifier import ImageClassifier
-except ImportError:  # pragma: no cover
-    from cvexp.module import ImageClassifier
 
 LECTURE = "This is Computer Vision Class"
 BIN = Path(sys.executable).parent

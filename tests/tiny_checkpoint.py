@@ -8,10 +8,7 @@ from typing import Any
 
 import torch
 
-try:
-    from cvexp.classifier import ImageClassifier
-except ImportError:  # before the rename of cvexp.module to cvexp.classifier
-    from cvexp.module import ImageClassifier
+from cvexp.classifier import ImageClassifier
 
 # small nets of two families, as `_target_` plus constructor arguments (a checkpoint's net_config)
 NETS: dict[str, dict[str, Any]] = {
