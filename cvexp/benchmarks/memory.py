@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cvexp.data import CIFAR10DataModule
+
 
 def peak_rss_mb() -> float:
     """This process's peak resident set size so far, in MiB.
@@ -36,12 +38,8 @@ def peak_rss_mb() -> float:
 def measure_here(root: str) -> dict[str, Any]:
     """In this process: import, record the baseline, then set up the DataModule twice: from
     its cache (memory-mapped) and then decoding the source. The peak only grows, and the
-    cached case costs less, so each figure is the peak's growth right after that case."""
-    import lightning  # noqa: F401  (counted in the baseline, as in any run)
-    import torch  # noqa: F401
-
-    from cvexp.data import CIFAR10DataModule
-
+    cached case costs less, so each figure is the peak's growth right after that case. The
+    imports (torch and Lightning, with cvexp.data) are in the baseline, as in any run."""
     baseline = peak_rss_mb()
     figures: dict[str, Any] = {}
     for case, cache in (("cached", True), ("decode", False)):
@@ -58,8 +56,6 @@ def measure_here(root: str) -> dict[str, Any]:
 
 def measure(root: Path) -> dict[str, Any]:
     """Both cases, in a fresh interpreter; `rss_mb` is the larger, decoding (a first run)."""
-    from cvexp.data import CIFAR10DataModule
-
     CIFAR10DataModule(str(root), download=False).prepare_data()  # the cache exists from here on
     result = subprocess.run(
         [sys.executable, "-m", "cvexp.benchmarks.memory", str(root)],
