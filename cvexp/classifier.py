@@ -74,6 +74,11 @@ class ImageClassifier(L.LightningModule):
         self.test_confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # a resumed run keeps its best so far
+        # One CIFAR image: Lightning's model summary runs it through the model (eval mode, no
+        # gradients) to count FLOPs and show each layer's shapes. It is an attribute, not a
+        # buffer, so checkpoints do not hold it. Not for a compiled net: that forward of batch 1
+        # would compile a graph of its own before training's (and FLOPs are not counted there).
+        self.example_input_array = None if compile else torch.zeros(1, 3, 32, 32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) in [0, 1] -> logits (B, num_classes)."""

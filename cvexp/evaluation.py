@@ -18,6 +18,7 @@ from cvexp.checkpoint import load_classifier
 from cvexp.data.formats import CLASSES
 from cvexp.errors import UserError
 from cvexp.models.outputs import logit_count
+from cvexp.trainer import quiet_lightning
 from cvexp.viz.confusion import confusion_matrix_figure, plot_confusion_matrix
 
 
@@ -35,6 +36,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "(the default)."
         )
     datamodule: L.LightningDataModule = instantiate(cfg.data)
+    quiet_lightning()
     trainer: L.Trainer = instantiate(
         cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False
     )

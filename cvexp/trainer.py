@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import re
+import warnings
 from typing import Any
 
 import lightning as L
@@ -23,8 +26,36 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
     ]
 
 
+class _DropLitLoggerTip(logging.Filter):
+    """Drops Lightning's "💡 Tip: ... try installing litlogger" advert, which every Trainer
+    without a LitLogger prints (Lightning 2.6 has no setting to turn it off)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("💡 Tip:") and "litlogger" in message)
+
+
+def quiet_lightning() -> None:
+    """Silence two messages Lightning prints on every run that say nothing about the run."""
+    # rank_zero_info logs the tip through this logger; a filter on the logger where the record
+    # is made drops it before any handler (console or train.log) sees it
+    tip_logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropLitLoggerTip) for f in tip_logger.filters):
+        tip_logger.addFilter(_DropLitLoggerTip())
+    # Lightning's bug, not ours: its _pytree helper (2.6.6) still builds torch's LeafSpec, which
+    # the PyTorch installed here deprecates (a FutureWarning on every fit and test). Only that
+    # message from that module is ignored.
+    warnings.filterwarnings(
+        "ignore",
+        message=re.escape("`isinstance(treespec, LeafSpec)` is deprecated"),
+        category=FutureWarning,
+        module=r"lightning\.pytorch\.utilities\._pytree",
+    )
+
+
 def build_trainer(cfg: DictConfig, extra_callbacks: list[Callback] | None = None) -> L.Trainer:
     """The Trainer of `cfg.trainer` with the configured callbacks and loggers, plus `extra_callbacks`."""
+    quiet_lightning()
     callbacks: list[Callback] = [*instantiate_group(cfg.get("callbacks")), *(extra_callbacks or [])]
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar callback then
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]

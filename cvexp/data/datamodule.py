@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +23,8 @@ from cvexp.data.formats import CLASSES, Cifar10Tensors, Source, find_source, rea
 from cvexp.data.mixing import BatchMixer
 from cvexp.errors import UserError
 from cvexp.run_record import current_umask
+
+log = logging.getLogger(__name__)
 
 OFFICIAL_TRAIN_SIZE = 50_000
 CACHE_DIR = ".cvexp_cache"
@@ -40,6 +44,17 @@ class BatchGather(Dataset):
         # index_select: many times faster than images[rows] for a batch of whole images
         images = self.images.index_select(0, rows)  # (B, 32, 32, 3) uint8
         return images, self.labels.index_select(0, rows)  # (B,) int64
+
+    def __getitems__(
+        self, positions: torch.Tensor | list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A whole batch, for a DataLoader with a batch_sampler (the overfit_batches loaders)."""
+        return self[positions]
+
+
+def _whole_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The collate_fn of a batch that BatchGather already gathered: the batch as it is."""
+    return batch
 
 
 class ShardedBatchSampler:
@@ -95,6 +110,14 @@ class ShardedBatchSampler:
     def __len__(self) -> int:
         n = len(self._positions())
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+
+class FixedBatchSampler(ShardedBatchSampler):
+    """A ShardedBatchSampler that yields the same batches every epoch (the first epoch's), for
+    trainer.overfit_batches: a model should learn those few batches by heart."""
+
+    def set_epoch(self, epoch: int) -> None:
+        """Ignored: every epoch draws epoch 0's permutation."""
 
 
 def stratified_split(
@@ -268,7 +291,7 @@ class CIFAR10DataModule(L.LightningDataModule):
                 warnings.warn(
                     f"Ignoring the unreadable cache {path}; decoding again.", stacklevel=2
                 )
-        data = read_source(source)
+        data = _decode(source, path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
@@ -289,9 +312,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         """Load the decoded tensors; for fit/validate, make the split (identical on every rank and resume)."""
         if self.data is None:
             source = self._locate()
-            self.data = (
-                self._load_or_build_cache(source) if self.hparams.cache else read_source(source)
-            )
+            self.data = self._load_or_build_cache(source) if self.hparams.cache else _decode(source)
             # evaluation order: a fixed shuffle, so that limit_test_batches sees every class
             self.test_order = torch.randperm(
                 len(self.data.test_labels), generator=torch.Generator().manual_seed(0)
@@ -372,7 +393,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         batch = self.per_device_batch_size(world)
         if not train and self.hparams.eval_batch_size is not None:
             batch = self.hparams.eval_batch_size
-        sampler = ShardedBatchSampler(
+        overfit = self.trainer is not None and self.trainer.overfit_batches > 0
+        sampler = (FixedBatchSampler if overfit else ShardedBatchSampler)(
             len(indices),
             batch,
             shuffle=train,
@@ -381,14 +403,21 @@ class CIFAR10DataModule(L.LightningDataModule):
             rank=rank,
             world_size=world,
         )
-        return DataLoader(
-            BatchGather(images, labels, indices),
-            sampler=sampler,
-            batch_size=None,  # the sampler yields whole batches of positions
-            num_workers=self.hparams.num_workers,
-            pin_memory=on_host and self.hparams.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.hparams.num_workers > 0,
-        )
+        loader_options: dict[str, Any] = {
+            "num_workers": self.hparams.num_workers,
+            "pin_memory": on_host and self.hparams.pin_memory and torch.cuda.is_available(),
+            "persistent_workers": self.hparams.num_workers > 0,
+        }
+        dataset = BatchGather(images, labels, indices)
+        if overfit:
+            # With overfit_batches, Lightning replaces a loader's `sampler` that is not a
+            # SequentialSampler by one over single images (batches of 1). Passed as the
+            # batch_sampler, ours leaves DataLoader's own SequentialSampler in `sampler`.
+            return DataLoader(
+                dataset, batch_sampler=sampler, collate_fn=_whole_batch, **loader_options
+            )
+        # the sampler yields whole batches of positions
+        return DataLoader(dataset, sampler=sampler, batch_size=None, **loader_options)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled, augmented on the device, last partial batch dropped."""
@@ -416,6 +445,10 @@ class CIFAR10DataModule(L.LightningDataModule):
         self, batch: Any, dataloader_idx: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 (B, H, W, C) -> float (B, C, H, W) in [0, 1], augmented only while training."""
+        if isinstance(batch, torch.Tensor):
+            # not a batch of ours: Lightning's model summary sends the model's
+            # example_input_array through this hook, already as the model takes it
+            return batch
         images, labels = batch
         if self.trainer is not None and self.trainer.training:
             return self.training_batch(images, labels)
@@ -446,6 +479,16 @@ class CIFAR10DataModule(L.LightningDataModule):
             cutout_size=self.hparams.cutout,
             random_erasing_probability=self.hparams.random_erasing,
         )
+
+
+def _decode(source: Source, cache: Path | None = None) -> Cifar10Tensors:
+    """Decode a copy of CIFAR-10 (a minute for 60,000 images from image files), saying so."""
+    into = f" once into {cache}" if cache is not None else ""
+    log.info("Decoding CIFAR-10 from %s%s ...", source.path, into)
+    start = time.perf_counter()
+    data = read_source(source)
+    log.info("Decoding CIFAR-10 done in %.0f s.", time.perf_counter() - start)
+    return data
 
 
 def _check_regularisers(
