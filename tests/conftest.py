@@ -177,6 +177,12 @@ WRITERS: dict[str, Callable[[Path, TinyCifar], Path]] = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _no_own_config_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's CVEXP_CONFIG_DIR (README, "Your own configs") never reaches a test."""
+    monkeypatch.delenv("CVEXP_CONFIG_DIR", raising=False)
+
+
 @pytest.fixture
 def data_root(tmp_path: Path, tiny: TinyCifar) -> Path:
     """A data root holding the tiny dataset as the official extracted batches."""
@@ -220,7 +226,8 @@ def run_cli(
     def limit_file_size() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
 
-    full_env = {k: v for k, v in os.environ.items() if k not in ("CVEXP_DATA", "HYDRA_FULL_ERROR")}
+    unset = ("CVEXP_DATA", "CVEXP_CONFIG_DIR", "HYDRA_FULL_ERROR")
+    full_env = {k: v for k, v in os.environ.items() if k not in unset}
     full_env.update(env or {})
     return subprocess.run(
         [str(BIN / command), *args],

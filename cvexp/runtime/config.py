@@ -10,6 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cvexp.loggers.config_values import absolute_path, logger_run_id, run_label, tag_dict
+from cvexp.runtime.config_dir import register_config_dir
 from cvexp.runtime.hydra_app import (
     VERSION_BASE,
     checkpoint_name,
@@ -23,7 +24,9 @@ from cvexp.runtime.run_dir import job_dirname, record_subdir
 
 
 def register_resolvers() -> None:
-    """Register cvexp's OmegaConf resolvers (idempotent; none has side effects)."""
+    """Register cvexp's OmegaConf resolvers (idempotent; none has side effects), and the search
+    path plugin that adds the folder named by CVEXP_CONFIG_DIR (runtime/config_dir.py)."""
+    register_config_dir()
     OmegaConf.register_new_resolver("path_safe", path_safe, replace=True)
     OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
     OmegaConf.register_new_resolver("data_root", default_data_root, replace=True)
