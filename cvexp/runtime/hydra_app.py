@@ -65,17 +65,28 @@ def fast_precision(accelerator: str = "auto") -> str:
 
 
 def log_lightning_to_run_file() -> None:
-    """Send Lightning's console messages to the run's log file (`train.log`) as well.
+    """Lightning's console messages once on the console and once in the run's `train.log`.
 
-    Lightning's loggers print to stderr and do not propagate, so Hydra's file handler on the
-    root logger never sees them; this adds that handler to them (once).
+    Imported before Hydra configures logging (root without handlers), Lightning's loggers
+    print to stderr themselves and do not propagate, so Hydra's file handler never sees them:
+    it is added to them (once). Imported after (as the commands do now, for a fast start),
+    they propagate to Hydra's handlers, and only the `lightning` logger's own console handler
+    is removed, which would print every message a second time.
     """
-    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    root = logging.getLogger()
+    files = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
+    if root.handlers:
+        top = logging.getLogger("lightning")
+        for handler in top.handlers[:]:
+            if type(handler) is logging.StreamHandler:  # its own "INFO: ..." console copy
+                top.removeHandler(handler)
     for name in ("lightning.pytorch", "lightning.fabric"):
         logger = logging.getLogger(name)
         for handler in logger.handlers[:]:  # an earlier sweep job's file
             if isinstance(handler, logging.FileHandler) and handler not in files:
                 logger.removeHandler(handler)
+        if logger.propagate:
+            continue  # root's handlers, Hydra's file included, get its messages
         for handler in files:
             if handler not in logger.handlers:
                 logger.addHandler(handler)
