@@ -246,7 +246,7 @@ def test_preemption_signal_then_slurm_requeue_continues_the_run(tmp_path: Path, 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["epochs_run"] == 3
     assert summary["test_acc"] is not None
-    assert f"ckpt_path='{run_dir / 'checkpoints' / 'last.ckpt'}'" in summary["overrides"]
+    assert f"resume='{run_dir}'" in summary["overrides"]  # continued in place, as resume= would
     assert list((run_dir / ".hydra" / "history").glob("*/overrides.yaml"))
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]  # only once
 

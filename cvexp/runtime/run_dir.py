@@ -240,9 +240,12 @@ def continue_requeued(config: DictConfig, run: RunDir, rank: int) -> None:
     print(f"Requeued SLURM job: continuing {run.path}", file=sys.stderr)
     if rank == 0:
         keep_history(run)
+    path = run.path.resolve()
     with read_write(config), open_dict(config):
-        config.resume = str(run.path)
-        config.hydra.run.dir = str(run.path)
+        config.resume = str(path)
+        config.hydra.run.dir = str(path)
+        # the run's record says how it went on (and a later resume= drops it again)
+        config.hydra.overrides.task.append(f"resume={quoted(path)}")
         if rank != 0:  # rank 0 keeps the run's record and train.log
             config.hydra.output_subdir = None
             config.hydra.job.name = f"{config.hydra.job.name}_rank{rank}"
