@@ -20,6 +20,10 @@ from cvexp.trainer import writes_step_metrics
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
+# test-time augmentations of the test step (ImageClassifier.set_tta): none, or the image and
+# its horizontal flip (cvexp/runtime/settings.py spells the same names, without torch)
+TTA_MODES = (None, "flip")
+
 
 class ImageClassifier(L.LightningModule):
     """Cross-entropy classification of float images in [0, 1]; the net does its own preprocessing.
@@ -34,6 +38,9 @@ class ImageClassifier(L.LightningModule):
     GPUs, with bf16 above all); `compile` compiles the net with `torch.compile` in place
     (its parameter names, hence checkpoints, do not change). Mixed precision is the
     Trainer's (`trainer.precision=bf16-mixed`).
+
+    Test-time augmentation (`set_tta("flip")`, before `trainer.test`) adds `test/acc_tta` and
+    `test/loss_tta` beside the plain `test/acc` and `test/loss`, which it leaves as they are.
     """
 
     def __init__(
@@ -72,6 +79,12 @@ class ImageClassifier(L.LightningModule):
             MeanMetric(nan_strategy="disable") for _ in range(3)
         )
         self.test_confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
+        # Test-time augmentation: a way to test, chosen by the task before trainer.test, not a
+        # hyperparameter, so a checkpoint neither holds it nor needs it (and metric states are
+        # not in state_dict: checkpoints are as before). None: the plain test only.
+        self.tta: str | None = None
+        self.test_acc_tta = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.test_loss_tta = MeanMetric(nan_strategy="disable")
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # a resumed run keeps its best so far
         # One CIFAR image: Lightning's model summary runs it through the model (eval mode, no
@@ -133,6 +146,31 @@ class ImageClassifier(L.LightningModule):
         self.test_confusion.update(logits, y)
         self.log("test/loss", self.test_loss, on_step=False, on_epoch=True)
         self.log("test/acc", self.test_acc, on_step=False, on_epoch=True)
+        if self.tta == "flip":
+            self._test_flipped(x, y, logits)
+
+    def _test_flipped(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> None:
+        """test/acc_tta and test/loss_tta: the mean of the logits of each image and of its
+        horizontal flip, from one more forward pass of the flipped batch.
+
+        The logits are averaged, not the softmax probabilities: airbench does so, the softmax
+        of the mean logits is the renormalised geometric mean of the two views' probabilities,
+        and test/loss_tta is then a cross-entropy of logits exactly as test/loss is. The two
+        rules rarely disagree on the predicted class. The plain logits come from their own
+        forward pass, as without tta (not from one batch of both views), so test/acc is the
+        same number with or without tta.
+        """
+        mean_logits = (logits + self(x.flip(-1))) / 2  # (B, C, H, W): -1 is the width
+        self.test_loss_tta.update(_loss_per_image(self.criterion(mean_logits, y), len(y)))
+        self.test_acc_tta.update(mean_logits, y)
+        self.log("test/loss_tta", self.test_loss_tta, on_step=False, on_epoch=True)
+        self.log("test/acc_tta", self.test_acc_tta, on_step=False, on_epoch=True)
+
+    def set_tta(self, mode: str | None) -> None:
+        """The test-time augmentation of the next tests: None (the plain test only) or "flip"."""
+        if mode not in TTA_MODES:
+            raise ValueError(f"tta must be one of {TTA_MODES}, got {mode!r}")
+        self.tta = mode
 
     def on_test_epoch_start(self) -> None:
         self.test_confusion.reset()

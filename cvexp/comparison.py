@@ -70,7 +70,14 @@ def results_rows(
     groups: list[Group], metric: str, ranking: tuple[str, str] = ("val/acc", "max")
 ) -> list[dict[str, Any]]:
     """One row per configuration: cost, accuracy (mean, std over seeds), epochs, early stopping,
-    time, and the mean best of the `ranking` metric (name, mode) that the table is ranked by."""
+    time, and the mean best of the `ranking` metric (name, mode) that the table is ranked by.
+
+    `test_acc_tta_mean` and `_std` (the test with test-time augmentation, tta=flip) come after
+    the test accuracy when any run has one, in every row; otherwise the rows are without them.
+    """
+    with_tta = any(
+        r.summary.get("test_acc_tta") is not None for group in groups for r in group.finished()
+    )
     rows = []
     for group in groups:
         done = group.finished()
@@ -84,6 +91,9 @@ def results_rows(
         )
         test = _mean_std(
             [r.summary["test_acc"] for r in done if r.summary.get("test_acc") is not None]
+        )
+        test_tta = _mean_std(
+            [r.summary["test_acc_tta"] for r in done if r.summary.get("test_acc_tta") is not None]
         )
         best_metric = _mean_std(
             [_best(r.curves[metric], metric) for r in done if r.curves.get(metric)]
@@ -102,6 +112,11 @@ def results_rows(
                 "best_val_acc_std": best_val[1],
                 "test_acc_mean": test[0],
                 "test_acc_std": test[1],
+                **(
+                    {"test_acc_tta_mean": test_tta[0], "test_acc_tta_std": test_tta[1]}
+                    if with_tta
+                    else {}
+                ),
                 f"best_{metric}_mean": best_metric[0],
                 "epochs_run_mean": _mean_std([r.summary.get("epochs_run", 0) for r in done])[0],
                 "early_stopped": f"{sum(r.status == 'stopped_early' for r in done)}/{len(done)}",
@@ -130,7 +145,9 @@ def _mean_pm_std(row: dict[str, Any], key: str) -> str:
 
 
 def results_markdown(rows: list[dict[str, Any]], metric: str) -> str:
-    """The table as Markdown (accuracies as mean ± std over seeds), with a note on the cost."""
+    """The table as Markdown (accuracies as mean ± std over seeds), with a note on the cost;
+    a "test acc (tta)" column when the rows have one (`results_rows`)."""
+    with_tta = any("test_acc_tta_mean" in row for row in rows)
     header = [
         "rank",
         "configuration",
@@ -141,6 +158,7 @@ def results_markdown(rows: list[dict[str, Any]], metric: str) -> str:
         "GFLOPs/image",
         "best val acc",
         "test acc",
+        *(["test acc (tta)"] if with_tta else []),
         f"best {metric}",
         "epochs",
         "early stop",
@@ -160,6 +178,7 @@ def results_markdown(rows: list[dict[str, Any]], metric: str) -> str:
                 _fmt(row["GFLOPs_per_image"], 3, "n/a" if row["cost_note"] else "-"),
                 _mean_pm_std(row, "best_val_acc"),
                 _mean_pm_std(row, "test_acc"),
+                *([_mean_pm_std(row, "test_acc_tta")] if with_tta else []),
                 _fmt(row[f"best_{metric}_mean"]),
                 _fmt(row["epochs_run_mean"], 1),
                 row["early_stopped"],
@@ -170,6 +189,12 @@ def results_markdown(rows: list[dict[str, Any]], metric: str) -> str:
         "MACs: multiply-accumulates for one 32x32 image (torch.utils.flop_counter, plus the "
         "documented count of local self-attention's q.k and weighted sum of v); FLOPs = 2 x MACs."
     )
+    if with_tta:
+        note += (
+            "\ntest acc (tta): the same test with test-time augmentation (tta=flip: the mean "
+            "logits of each image and its horizontal flip), over the runs that had it; test acc "
+            "is the plain test."
+        )
     ranked = (
         f"Ranked by the best {rows[0]['ranked_by']} (mean over seeds), the metric the runs "
         "optimised (optimized_metric)."

@@ -40,6 +40,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     trainer: L.Trainer = instantiate(
         cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False
     )
+    classifier.set_tta(cfg.get("tta"))  # test/acc_tta beside test/acc, if any
     results = trainer.test(classifier, datamodule=datamodule, verbose=False)[0]
     confusion = classifier.confusion_matrix().cpu()
     per_class = (confusion.diag().double() / confusion.sum(dim=1).clamp(min=1)).tolist()
@@ -48,6 +49,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "epoch": checkpoint.get("epoch"),
         "test_acc": results["test/acc"],
         "test_loss": results["test/loss"],
+        # with test-time augmentation (tta=flip): the mean logits of each image and its flip;
+        # test_acc above is the plain test either way
+        "tta": cfg.get("tta"),
+        "test_acc_tta": results.get("test/acc_tta"),
+        "test_loss_tta": results.get("test/loss_tta"),
         "test_images": int(confusion.sum()),
         "per_class_accuracy": dict(zip(CLASSES, per_class, strict=True)),
         "confusion_matrix": confusion.tolist(),
@@ -67,8 +73,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     title = f"{Path(cfg.ckpt_path).name}: test accuracy {metrics['test_acc']:.2%}"
     plot_confusion_matrix(confusion, CLASSES, out_dir / "confusion_matrix.png", title=title)
     log_to_tensorboard(out_dir / "tensorboard", confusion, metrics, title)
+    with_tta = (
+        ""
+        if metrics["test_acc_tta"] is None
+        else f", test/acc_tta {metrics['test_acc_tta']:.4f} (tta={metrics['tta']})"
+    )
     print(
-        f"test/acc {metrics['test_acc']:.4f} on {metrics['test_images']} images; results in {out_dir}"
+        f"test/acc {metrics['test_acc']:.4f}{with_tta} on {metrics['test_images']} images; "
+        f"results in {out_dir}"
     )
     return metrics
 
@@ -76,9 +88,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 def log_to_tensorboard(
     tb_dir: Path, confusion: torch.Tensor, metrics: dict[str, Any], title: str
 ) -> None:
-    """The same results for TensorBoard: test/acc, per-class accuracy, and the confusion-matrix figure."""
+    """The same results for TensorBoard: test/acc (and test/acc_tta with tta), per-class
+    accuracy, and the confusion-matrix figure (of the plain test)."""
     writer = SummaryWriter(str(tb_dir))
     writer.add_scalar("test/acc", metrics["test_acc"], 0)
+    if metrics.get("test_acc_tta") is not None:
+        writer.add_scalar("test/acc_tta", metrics["test_acc_tta"], 0)
     for name, accuracy in metrics["per_class_accuracy"].items():
         writer.add_scalar(f"test/acc_per_class/{name}", accuracy, 0)
     writer.add_figure(

@@ -32,7 +32,9 @@ from typing import Any
 import yaml
 
 # 2: schema_version itself, and `precision` (the precision the Trainer really used)
-SCHEMA_VERSION = 2
+# 3: `test_acc_tta`, the test accuracy with test-time augmentation (tta=flip), beside
+#    `test_acc` (the plain test, unchanged): null when tta is off; `test_loss_tta` with it
+SCHEMA_VERSION = 3
 # time_limit: stopped by trainer.max_time before max_epochs (the best checkpoint is still tested)
 FINISHED = ("completed", "stopped_early", "time_limit")
 STATUSES = (*FINISHED, "failed", "interrupted")

@@ -108,6 +108,7 @@ def train(cfg: DictConfig, continuation: Continuation = FRESH) -> dict[str, Any]
             trainer.fit(classifier, datamodule, ckpt_path=ckpt_path, weights_only=not trust)
             if cfg.get("test", True) and not trainer.interrupted:
                 best = trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path
+                classifier.set_tta(cfg.get("tta"))  # test/acc_tta beside test/acc, if any
                 trainer.test(classifier, datamodule, ckpt_path=best or None, weights_only=True)
     return summary.summary
 

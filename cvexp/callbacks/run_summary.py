@@ -58,6 +58,7 @@ class RunSummary(Callback):
             "status": "failed",
             "params": None,
             "test_acc": None,
+            "test_acc_tta": None,  # the test with test-time augmentation (tta=flip), if any
             "best_model_path": None,
             "last_model_path": None,
             "epochs_run": 0,
@@ -147,6 +148,9 @@ class RunSummary(Callback):
         metrics = trainer.callback_metrics
         self.record["test_acc"] = _number(metrics.get("test/acc"))
         self.record["test_loss"] = _number(metrics.get("test/loss"))
+        self.record["test_acc_tta"] = _number(metrics.get("test/acc_tta"))
+        if "test/loss_tta" in metrics:
+            self.record["test_loss_tta"] = _number(metrics["test/loss_tta"])
         if self.optimized_name.startswith("test/"):
             self._observe_optimized(trainer, None)
         self.record["tested_checkpoint"] = (

@@ -15,6 +15,7 @@ def log_hparams(trainer: L.Trainer, hparams: dict[str, Any], summary: dict[str, 
     metrics = {
         "hp/best_val_acc": summary.get("best_val_acc"),
         "hp/test_acc": summary.get("test_acc"),
+        "hp/test_acc_tta": summary.get("test_acc_tta"),  # only with tta=flip
     }
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):

@@ -23,6 +23,8 @@ MAX_SEED = 2**32 - 1
 # learning-rate schedules that plan their length from the fit's total steps (see
 # ImageClassifier.configure_optimizers): they need an end, in epochs or trainer.max_steps
 PLANNED_SCHEDULES = ("torch.optim.lr_scheduler.OneCycleLR", "cvexp.schedules.warmup_cosine")
+# the test-time augmentations `tta` may name (cvexp.classifier.TTA_MODES, which imports torch)
+TTA_MODES = ("flip",)
 
 
 def _get(cfg: DictConfig, key: str) -> Any:
@@ -53,6 +55,7 @@ def check_settings(cfg: DictConfig) -> None:
     _check_data(cfg)
     _check_folds(cfg)
     _check_reporting(cfg)
+    _check_tta(cfg)
 
 
 def _check_epochs(cfg: DictConfig) -> None:
@@ -196,3 +199,13 @@ def _check_reporting(cfg: DictConfig) -> None:
     top_k = _get(cfg, "top_k")
     if isinstance(top_k, int) and top_k < 1:
         raise UserError(f"top_k={top_k} is not valid: it would show nothing; pass top_k=1 or more.")
+
+
+def _check_tta(cfg: DictConfig) -> None:
+    """tta (cvexp-train's final test, cvexp-eval): null (the plain test only) or flip."""
+    tta = _get(cfg, "tta")
+    if tta is not None and tta not in TTA_MODES:
+        raise UserError(
+            f"tta={_shown(tta)} is not a test-time augmentation cvexp has; pass tta=flip (each "
+            "test image and its horizontal flip) or tta=null for the plain test only."
+        )
