@@ -1,8 +1,9 @@
 """Compare runs: a results table (results.md, results.csv) and a convergence graph
-(convergence.png) from the runs and sweeps given, written where no earlier result is replaced.
+(convergence.png against epochs, convergence_time.png against training time) from the runs and
+sweeps given, written where no earlier result is replaced.
 
     from cvexp.comparison import compare
-    result = compare([Path("multirun/2026-11-26/12-00-00")], metric="val/loss")
+    result = compare([Path("multirun/2026-11-26/12-00-00")], metric="val/loss", x="both")
 
 The runs are found, read and grouped by `cvexp.comparison_runs`. This file reads in order: the
 table's rows, the Markdown and CSV, where the results go, and `compare`. The console command
@@ -19,6 +20,7 @@ from typing import Any
 
 from cvexp.comparison_runs import (
     Group,
+    Run,
     find_run_dirs,
     group_runs,
     logged_tags,
@@ -28,13 +30,16 @@ from cvexp.comparison_runs import (
     run_best,
 )
 from cvexp.errors import UserError
-from cvexp.run_record import RunDir
+from cvexp.run_record import TRAIN_SECONDS, RunDir
 from cvexp.runtime.run_dir import claim_fresh_dir
 from cvexp.viz.curves import plot_convergence
 from cvexp.viz.tables import markdown_table
 
 CURVES = ("train/loss_epoch", "val/loss", "val/acc")  # the graph's panels, plus --metric
-RESULT_FILES = ("results.md", "results.csv", "convergence.png")
+# the graph against each x axis (`cvexp.viz.curves.X_AXES`); --x both draws the two
+FIGURES = {"epoch": "convergence.png", "time": "convergence_time.png"}
+X_CHOICES = (*FIGURES, "both")
+RESULT_FILES = ("results.md", "results.csv", *FIGURES.values())
 
 
 # ------------------------------------------------------------------ the table's rows
@@ -278,15 +283,40 @@ def claim_out_dir(paths: list[Path], out_dir: Path | None) -> tuple[Path, str]:
 # ------------------------------------------------------------------ the comparison
 
 
+def check_times_logged(drawn: list[Run], option: str = "time") -> None:
+    """Refuse --x time (or both, `option`) for runs that logged scalars but no training time (made before
+    RunSummary logged `time/train_seconds`): their curves have no place on a time axis."""
+    without = [str(r.path) for r in drawn if r.curves and TRAIN_SECONDS not in r.curves]
+    if without:
+        listed = ", ".join(without[:5]) + (
+            f" and {len(without) - 5} more" if len(without) > 5 else ""
+        )
+        raise UserError(
+            f"--x {option} needs the training time ({TRAIN_SECONDS}) that runs log at each "
+            f"validation, and {len(without)} of these runs, trained before it was logged, have "
+            f"none ({listed}); compare them with --x epoch, or leave them out."
+        )
+
+
 def compare(
-    paths: list[Path], *, out_dir: Path | None = None, metric: str = "val/acc"
+    paths: list[Path],
+    *,
+    out_dir: Path | None = None,
+    metric: str = "val/acc",
+    x: str = "epoch",
 ) -> dict[str, Any]:
-    """Read the runs under `paths`; write convergence.png, results.md and results.csv.
+    """Read the runs under `paths`; write results.md, results.csv and the convergence graph:
+    against epochs (`x="epoch"`, convergence.png), training time (`x="time"`,
+    convergence_time.png, from each run's `time/train_seconds`) or both (`x="both"`).
 
     Returns `out_dir` (where they went), `rows` (the table's rows, best first), `table` (the
     Markdown), `runs` (each run once), `duplicates` (the runs reached twice and left out: a run
-    given twice, or a sweep and one of its jobs) and `note` (a sentence, or "").
+    given twice, or a sweep and one of its jobs), `figures` (the graphs' file names) and `note`
+    (a sentence, or "").
     """
+    if x not in X_CHOICES:
+        raise UserError(f"--x {x} is not an x axis; pass one of: {', '.join(X_CHOICES)}.")
+    axes = list(FIGURES) if x == "both" else [x]
     paths = [Path(p) for p in paths]
     if out_dir is not None:
         check_out_dir(Path(out_dir))
@@ -299,6 +329,9 @@ def compare(
             f"{', '.join(sorted(tags))}."
         )
     groups = group_runs(runs)
+    drawn = {g.label: g.finished() or g.runs for g in groups}  # a group's finished runs, if any
+    if "time" in axes:
+        check_times_logged([r for members in drawn.values() for r in members], x)
     ranking = ranking_metric(runs)
     rows = rank_rows(results_rows(groups, metric, ranking), ranking[1])
     table = results_markdown(rows, metric)
@@ -306,15 +339,18 @@ def compare(
     try:
         (out / "results.md").write_text(table)
         write_csv(rows, out / "results.csv")
-        plot_convergence(
-            {
-                g.label: [(r.curves, r.summary.get("best_epoch")) for r in g.finished() or g.runs]
-                for g in groups
-            },
-            [*CURVES, *([metric] if metric not in CURVES else [])],
-            out / "convergence.png",
-            title=f"Convergence: {len(runs)} runs in {len(groups)} configurations",
-        )
+        for axis in axes:
+            plot_convergence(
+                {
+                    label: [(r.curves, r.summary.get("best_epoch")) for r in members]
+                    for label, members in drawn.items()
+                },
+                [*CURVES, *([metric] if metric not in CURVES else [])],
+                out / FIGURES[axis],
+                title=f"Convergence{' against training time' if axis == 'time' else ''}: "
+                f"{len(runs)} runs in {len(groups)} configurations",
+                x=axis,
+            )
     except OSError as err:
         raise UserError(
             f"Cannot write the results to {out} ({err.strerror}); pass --out <a writable folder>."
@@ -327,5 +363,6 @@ def compare(
         "table": table,
         "runs": runs,
         "duplicates": duplicates,
+        "figures": [FIGURES[axis] for axis in axes],
         "note": note,
     }

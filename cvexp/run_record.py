@@ -47,6 +47,9 @@ SWEEP_RECORD = "multirun.yaml"
 SWEEP_HISTORY = "multirun_history"
 # files and folders that mark a folder as holding a run or a sweep
 RUN_MARKERS = (RECORD_DIR, SUMMARY, CHECKPOINTS, "tensorboard", SWEEP_RECORD)
+# the scalar RunSummary logs at each validation's end, at val/acc's step: the seconds trained
+# so far across resumes, validation not counted; cvexp-compare --x time plots against it
+TRAIN_SECONDS = "time/train_seconds"
 
 
 def override_key(override: str) -> str:

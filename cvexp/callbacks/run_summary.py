@@ -18,7 +18,7 @@ from cvexp.loggers.run_hparams import (
     record_tracking_run_ids,
 )
 from cvexp.provenance import device_name, environment_versions, git_commit
-from cvexp.run_record import FINISHED, RunDir
+from cvexp.run_record import FINISHED, TRAIN_SECONDS, RunDir
 
 
 class RunSummary(Callback):
@@ -26,6 +26,9 @@ class RunSummary(Callback):
 
     - `setup`: the net's size and the validation split;
     - `on_validation_end`: the best epoch so far of `monitor`;
+    - `on_validation_epoch_end`: logs `time/train_seconds` (`TRAIN_SECONDS`), the seconds of fit
+      so far across resumes less the time spent validating (the sanity check included), at
+      the step val/acc is logged at: the x axis of `cvexp-compare --x time`;
     - each validation's end (train/* metrics: the next epoch's start and the end of fit), and
       the test: the best value of `optimized`, the metric a sweep optimises (any logged metric);
     - `on_fit_end`: completed or stopped early, the best and last checkpoints (from the
@@ -34,11 +37,12 @@ class RunSummary(Callback):
     - `on_exception`: failed (with the one-sentence error) or interrupted.
 
     `record_failure` covers errors raised before the Trainer runs. Its state (best epoch,
-    seconds trained) is saved in checkpoints, so a resumed run continues the record. A result
-    once recorded is never lost: when an attempt to continue a finished run fails or is
-    interrupted, summary.json keeps the earlier result and lists the attempt under `attempts`.
-    With `hparams`, TensorBoard's HPARAMS tab gets them with the final best val/acc and test/acc;
-    CSV (hparams.yaml), MLflow (params) and W&B (config) get them when the fit starts.
+    seconds of fit and of validation) is saved in checkpoints, so a resumed run continues the
+    record. A result once recorded is never lost: when an attempt to continue a finished run
+    fails or is interrupted, summary.json keeps the earlier result and lists the attempt under
+    `attempts`. With `hparams`, TensorBoard's HPARAMS tab gets them with the final best val/acc
+    and test/acc; CSV (hparams.yaml), MLflow (params) and W&B (config) get them when the fit
+    starts.
     """
 
     def __init__(
@@ -73,8 +77,10 @@ class RunSummary(Callback):
         self.optimized_best: float | None = None
         self.optimized_epoch: int | None = None
         self._first_epoch: int | None = None  # the epoch this process started the fit at
-        self.train_seconds = 0.0
+        self.train_seconds = 0.0  # of the fit, validation included (summary.json)
+        self.validation_seconds = 0.0  # of train_seconds: validating, sanity check included
         self._fit_started: float | None = None
+        self._validation_started: float | None = None
 
     # ------------------------------------------------------------------ Lightning hooks
 
@@ -106,7 +112,26 @@ class RunSummary(Callback):
         elif trainer.current_epoch > self._first_epoch and self._optimizes_training_metric:
             self._observe_optimized(trainer, trainer.current_epoch - 1)  # the epoch just ended
 
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._fit_started is not None:
+            self._validation_started = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or self._fit_started is None:
+            return
+        fit, validating = self._seconds()
+        # once per validation, never per step; every rank logs (max: the slowest rank's time)
+        pl_module.log(
+            TRAIN_SECONDS,
+            fit - validating,
+            on_step=False,
+            on_epoch=True,
+            sync_dist=True,
+            reduce_fx="max",
+        )
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop_validation_clock()
         if trainer.sanity_checking:
             return
         # before the epoch's checkpoints are saved (Lightning runs checkpoint callbacks last),
@@ -168,14 +193,13 @@ class RunSummary(Callback):
         self.write(trainer, final=True)
 
     def state_dict(self) -> dict[str, Any]:
-        seconds = self.train_seconds
-        if self._fit_started is not None:
-            seconds += time.perf_counter() - self._fit_started
+        seconds, validating = self._seconds()
         return {
             "run_dir": str(self.run.path.resolve()),
             "best_score": self.best_score,
             "best_epoch": self.best_epoch,
             "train_seconds": seconds,
+            "validation_seconds": validating,
             "optimized": [self.optimized_name, self.optimized_best, self.optimized_epoch],
         }
 
@@ -185,11 +209,14 @@ class RunSummary(Callback):
             return  # ckpt_path= from another run starts a new run: its best is not this run's
         self.best_score = state_dict.get("best_score")
         self.best_epoch = state_dict.get("best_epoch")
-        self.train_seconds = float(state_dict.get("train_seconds", 0.0))
         name, best, epoch = state_dict.get("optimized") or (None, None, None)
         # a resumed fit continues the record; the test of the best checkpoint after this
-        # process's fit (which loads the state saved then) keeps what the fit found; and
-        # another metric's best means nothing for this one
+        # process's fit (which loads the state saved then) keeps what the fit found, its
+        # seconds included; and another metric's best means nothing for this one
+        if self._first_epoch is None:
+            self.train_seconds = float(state_dict.get("train_seconds", 0.0))
+            # 0 in a checkpoint saved before it was kept: that run's earlier validations count
+            self.validation_seconds = float(state_dict.get("validation_seconds", 0.0))
         if self._first_epoch is None and name == self.optimized_name:
             self.optimized_best, self.optimized_epoch = best, epoch
 
@@ -245,7 +272,23 @@ class RunSummary(Callback):
             self.record["last_model_path"] = checkpointing.last_model_path or None
         self.record["epochs_run"] = trainer.current_epoch
 
+    def _seconds(self) -> tuple[float, float]:
+        """The seconds of fit so far (across resumes) and, of them, the seconds validating."""
+        now = time.perf_counter()
+        fit, validating = self.train_seconds, self.validation_seconds
+        if self._fit_started is not None:
+            fit += now - self._fit_started
+        if self._validation_started is not None:
+            validating += now - self._validation_started
+        return fit, validating
+
+    def _stop_validation_clock(self) -> None:
+        if self._validation_started is not None:
+            self.validation_seconds += time.perf_counter() - self._validation_started
+            self._validation_started = None
+
     def _stop_clock(self) -> None:
+        self._stop_validation_clock()
         if self._fit_started is not None:
             self.train_seconds += time.perf_counter() - self._fit_started
             self._fit_started = None

@@ -2,6 +2,7 @@
 
 cvexp-compare multirun/2026-11-26/12-00-00
 cvexp-compare outputs/run_a outputs/run_b --metric val/loss --out comparisons/ab
+cvexp-compare multirun/2026-11-26/12-00-00 --x both      # against epochs and training time
 
 The work is `cvexp.comparison.compare`.
 """
@@ -27,6 +28,14 @@ def parser() -> argparse.ArgumentParser:
         "(default val/acc)",
     )
     parser.add_argument(
+        "--x",
+        choices=("epoch", "time", "both"),
+        default="epoch",
+        help="the graph's x axis: epoch (convergence.png, the default), time: training seconds, "
+        "validation not counted, from each run's time/train_seconds (convergence_time.png), or "
+        "both",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -43,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     from cvexp.comparison import compare
 
     try:
-        result = compare(args.dirs, out_dir=args.out, metric=args.metric)
+        result = compare(args.dirs, out_dir=args.out, metric=args.metric, x=args.x)
     except UserError as error:
         exit_with_error(str(error))
     for duplicate in result["duplicates"]:
@@ -51,7 +60,9 @@ def main(argv: list[str] | None = None) -> None:
     print(result["table"])
     if result["note"]:
         print(f"note: {result['note']}")
-    print(f"wrote convergence.png, results.md and results.csv to {result['out_dir']}")
+    print(
+        f"wrote {', '.join(result['figures'])}, results.md and results.csv to {result['out_dir']}"
+    )
 
 
 if __name__ == "__main__":
