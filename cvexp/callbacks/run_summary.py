@@ -18,7 +18,7 @@ from cvexp.loggers.run_hparams import (
     record_tracking_run_ids,
 )
 from cvexp.provenance import device_name, environment_versions, git_commit
-from cvexp.run_record import FINISHED, TRAIN_SECONDS, RunDir
+from cvexp.run_record import FINISHED, SCHEMA_VERSION, TRAIN_SECONDS, RunDir
 
 
 class RunSummary(Callback):
@@ -311,6 +311,7 @@ class RunSummary(Callback):
             }
             return {**self.previous, "attempts": [*attempts, attempt]}
         return {
+            "schema_version": SCHEMA_VERSION,
             **({"attempts": attempts} if attempts else {}),
             "best_val_acc": self.best_score,
             "best_epoch": self.best_epoch,

@@ -41,8 +41,8 @@ def register_logger_resolvers() -> None:
     OmegaConf.register_new_resolver("abspath", absolute_path, replace=True)
     OmegaConf.register_new_resolver("run_label", run_label, replace=True)
     OmegaConf.register_new_resolver("mlflow_tags", tag_dict, replace=True)
-    OmegaConf.register_new_resolver("record_subdir", record_subdir, replace=True)
     OmegaConf.register_new_resolver("logger_run_id", logger_run_id, replace=True)
+    OmegaConf.register_new_resolver("record_subdir", record_subdir, replace=True)
     OmegaConf.register_new_resolver("trial_number", trial_number, replace=True)
 
 
