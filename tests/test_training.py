@@ -12,6 +12,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from cvexp.checkpoint import load_classifier
 from cvexp.data import CIFAR10DataModule
+from cvexp.run_record import SCHEMA_VERSION
 from cvexp.training import train
 
 SUMMARY_KEYS = {
@@ -71,6 +72,9 @@ def test_train_writes_the_run_contract(compose_train, tmp_path: Path, batch_norm
         p.numel() for p in load_classifier(on_disk["best_model_path"])[0].net.parameters()
     )
     assert set(on_disk["versions"]) == {"python", "torch", "lightning", "cvexp"}
+    # the precision the Trainer really used, resolved (the config may name a resolver)
+    assert on_disk["precision"] == "32-true"
+    assert on_disk["schema_version"] == SCHEMA_VERSION
     assert on_disk["split"]["val_size"] == 40 and len(on_disk["split"]["val_indices_sha256"]) == 64
 
     checkpoints = run_dir / "checkpoints"
