@@ -20,6 +20,14 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 from PIL import Image
 
+# Under pytest-xdist every core already runs a worker: one thread per worker and per command it
+# starts (they inherit OMP_NUM_THREADS), or torch's thread pools fight over the cores and spin.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 from cvexp.benchmarks.synthetic import write_batch_file
 from cvexp.data.formats import CLASSES
 from cvexp.runtime.config import compose_config, register_resolvers
