@@ -125,7 +125,10 @@ class Run:
         """The overrides that define its configuration: all but the repeats (`REPEAT_KEYS`: seed,
         data.fold) and the excluded keys."""
         ignored = self.excluded_keys | REPEAT_KEYS
-        return tuple(sorted(o for o in self.overrides if override_key(o) not in ignored))
+        # '+k=v' and '++k=v' (as a resume writes a key the run added) set the same value
+        return tuple(
+            sorted(o.lstrip("+") for o in self.overrides if override_key(o) not in ignored)
+        )
 
 
 def status_label(run: RunDir, summary: dict[str, Any] | None) -> str:

@@ -271,7 +271,10 @@ def claim_lock(run: RunDir) -> None:
         try:
             fd = os.open(run.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
         except FileExistsError:
-            holder = read_json(run.lock_path) or {}
+            holder = read_json(run.lock_path)
+            if holder is None and _younger_than(run.lock_path, seconds=10):
+                raise RunInUse("a process that is just starting") from None  # still writing it
+            holder = holder or {}
             if holder.get("host") == mine["host"] and holder.get("pid") == mine["pid"]:
                 return  # this process holds it already
             if _alive(holder):
@@ -288,6 +291,19 @@ def release_lock(run: RunDir) -> None:
     holder = read_json(run.lock_path) or {}
     if holder.get("host") == socket.gethostname() and holder.get("pid") == os.getpid():
         run.lock_path.unlink(missing_ok=True)
+
+
+def _younger_than(path: Path, *, seconds: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime < seconds
+    except OSError:
+        return False
+
+
+def in_use(run: RunDir) -> bool:
+    """Whether a live process holds the run's lock."""
+    holder = read_json(run.lock_path)
+    return holder is not None and _alive(holder)
 
 
 def _alive(holder: dict[str, Any]) -> bool:
@@ -319,13 +335,14 @@ def runs_with_launch_records(root: Path) -> list[RunDir]:
 
 
 def latest_unfinished_run(root: Path) -> RunDir | None:
-    """The newest single run under `root` (`<root>/<date>/<time>`) that has a last.ckpt and did
-    not finish (interrupted, killed, or failed), by the time of its last.ckpt; None if none."""
+    """The newest single run under `root` (`<root>/<date>/<time>`) that has a last.ckpt, did not
+    finish (interrupted, killed, or failed) and is not running now, by the time of its
+    last.ckpt; None if none."""
     candidates = [
         run
         for run in (
             RunDir(path.parent.parent) for path in root.glob(f"*/*/{CHECKPOINTS}/{LAST_CHECKPOINT}")
         )
-        if run.is_run() and run.finished_summary() is None
+        if run.is_run() and run.finished_summary() is None and not in_use(run)
     ]
     return max(candidates, key=lambda run: run.last_checkpoint.stat().st_mtime, default=None)

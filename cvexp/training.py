@@ -26,7 +26,7 @@ from cvexp.checkpoint import (
     read_checkpoint,
 )
 from cvexp.classifier import build_classifier
-from cvexp.run_record import objective
+from cvexp.run_record import FINISHED, objective
 from cvexp.runtime.continuation import (
     FRESH,
     Continuation,
@@ -120,7 +120,8 @@ def summary_on_failure(summary: RunSummary) -> Iterator[None]:
         yield
     except BaseException as error:
         summary.record_failure(error)
-        if summary.previous is not None:  # a failed resume: the run's record stays as it was
+        if summary.previous is not None and summary.previous.get("status") in FINISHED:
+            # a failed continuation of a finished run: its record stays as it was
             restore_history(summary.run)
         raise
 

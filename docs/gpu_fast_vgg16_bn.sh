@@ -12,7 +12,7 @@ data_root=${1:-.device/data}
 python=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 # shellcheck disable=SC2086
-$python -m cvexp.train experiment=vgg16_bn_gpu_fast "data.root=$data_root" \
+$python -m cvexp.cli.train experiment=vgg16_bn_gpu_fast "data.root=$data_root" \
   hydra.run.dir=outputs/gpu_fast trainer.enable_progress_bar=false callbacks.progress_bar=null \
   ${EXTRA_OVERRIDES:-}
 $python - <<'PY'

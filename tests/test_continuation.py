@@ -201,3 +201,20 @@ def test_resume_last_is_the_newest_unfinished_run_under_the_log_dir(tmp_path: Pa
     assert done.path != newer.path
     with pytest.raises(UserError, match=r"resume=last found no unfinished run .* paths\.log_dir="):
         resume_command_line(["cvexp-train", "resume=last", f"paths.log_dir={tmp_path}"], None)
+
+
+def test_resume_puts_hydras_flags_first_and_keeps_no_history_for_cfg(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "r", ["model=tiny"], cwd=tmp_path)
+    argv = resume_command_line(
+        ["cvexp-train", f"resume={run.path}", "--cfg", "job", "trainer.max_epochs=3"], None
+    )
+    assert argv[1:3] == ["--cfg", "job"]  # Hydra reads no override before a flag
+    assert "trainer.max_epochs=3" in argv[3:]
+    assert not run.history_dir.exists()  # --cfg only prints: nothing is written
+
+
+def test_resume_of_a_run_without_hydras_record_does_not_fail(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "r", ["model=tiny"], cwd=tmp_path)
+    run.hydra_record_path.unlink()
+    argv = resume_command_line(["cvexp-train", f"resume={run.path}"], None)
+    assert argv[-1] == f"resume='{run.path.resolve()}'"

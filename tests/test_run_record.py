@@ -129,3 +129,25 @@ def test_the_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path: Path
     claim_lock(run)  # this process holds it already
     release_lock(run)
     assert not run.lock_path.exists()
+
+
+def test_an_empty_lock_being_written_counts_as_held(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    run.record_dir.mkdir()
+    run.lock_path.write_text("")  # created, its content not written yet
+    with pytest.raises(RunInUse, match="just starting"):
+        claim_lock(run)
+
+
+def test_resume_last_never_picks_a_run_that_is_still_training(tmp_path: Path) -> None:
+    from cvexp.run_record import latest_unfinished_run
+
+    run = RunDir(tmp_path / "outputs" / "2026-12-05" / "10-00-00")
+    run.record_dir.mkdir(parents=True)
+    run.overrides_path.write_text("[]")
+    run.checkpoints_dir.mkdir()
+    run.last_checkpoint.write_bytes(b"ckpt")
+    assert latest_unfinished_run(tmp_path / "outputs") == run
+    claim_lock(run)  # this (live) process trains it
+    assert latest_unfinished_run(tmp_path / "outputs") is None
+    release_lock(run)

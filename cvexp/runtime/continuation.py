@@ -112,6 +112,7 @@ def pin_for_other_ranks(continuation: Continuation) -> None:
         overrides = HydraConfig.get().overrides
         with read_write(overrides):
             overrides.task.append(f"ckpt_path={quoted(continuation.ckpt_path)}")
+            overrides.task.append("init_from=null")  # last.ckpt holds every weight
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,7 +193,7 @@ def resume_command_line(argv: list[str], launch: OutsideLaunch | None) -> list[s
         )
     original = run.recorded_overrides()
     added = {override_key(o) for o in original if o.startswith("+")}  # keys the run added
-    new = [a for a in argv[1:] if not a.startswith("resume=")]
+    flags, new = split_flags([a for a in argv[1:] if not a.startswith("resume=")])
     # '++' sets a key that exists only because the run added it, now that its '+' is dropped
     new = [
         f"++{a}" if override_key(a) in added and not a.startswith(("+", "~")) else a for a in new
@@ -202,10 +203,12 @@ def resume_command_line(argv: list[str], launch: OutsideLaunch | None) -> list[s
     pinned = pinned_paths(run, new_keys)
     dropped = new_keys | {override_key(o) for o in pinned} | {"ckpt_path", "resume", "init_from"}
     kept = [o for o in original if override_key(o) not in dropped]
-    if launch is None or launch.rank == 0:  # the other ranks of a launch keep no record
+    prints_only = any(flag in PRINT_ONLY_FLAGS for flag in flags)  # --cfg, --help: no run
+    if (launch is None or launch.rank == 0) and not prints_only:  # other ranks keep no record
         keep_history(run)
     return [
         argv[0],
+        *flags,  # Hydra's flags before its overrides, as its command line wants them
         *[o for o in run.recorded_hydra_overrides() if override_key(o) not in OWN_HYDRA_KEYS],
         *kept,
         *pinned,
@@ -214,6 +217,54 @@ def resume_command_line(argv: list[str], launch: OutsideLaunch | None) -> list[s
         "hydra.mode=RUN",  # a job of a sweep continues as the one run it is
         f"resume={quoted(target)}",
     ]
+
+
+# Hydra's flags that take the next argument as their value, and those that print and exit
+FLAGS_WITH_VALUE = (
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--info",
+    "-i",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--shell-completion",
+    "-sc",
+)
+PRINT_ONLY_FLAGS = (
+    "--cfg",
+    "-c",
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--info",
+    "-i",
+    "--shell-completion",
+    "-sc",
+    "--version",
+)
+
+
+def split_flags(arguments: list[str]) -> tuple[list[str], list[str]]:
+    """(Hydra's flags with their values, the overrides) of a command line's arguments."""
+    flags: list[str] = []
+    overrides: list[str] = []
+    waiting_for_value = False
+    for argument in arguments:
+        if waiting_for_value:
+            flags.append(argument)
+            waiting_for_value = False
+        elif argument.startswith("-"):
+            flags.append(argument)
+            waiting_for_value = argument in FLAGS_WITH_VALUE and "=" not in argument
+        else:
+            overrides.append(argument)
+    return flags, overrides
 
 
 def pinned_paths(run: RunDir, new_keys: set[str]) -> list[str]:
@@ -225,8 +276,7 @@ def pinned_paths(run: RunDir, new_keys: set[str]) -> list[str]:
     """
     config = run.recorded_config() or {}
     root = (config.get("data") or {}).get("root")
-    hydra_cfg = OmegaConf.load(run.hydra_record_path) if run.hydra_record_path.is_file() else {}
-    started_in = OmegaConf.select(hydra_cfg, "hydra.runtime.cwd", default=None)
+    started_in = ((run.recorded_hydra_config() or {}).get("runtime") or {}).get("cwd")
     if "data.root" in new_keys or not isinstance(root, str) or not started_in:
         return []
     try:

@@ -151,7 +151,8 @@ def lock_or_refuse(run: RunDir) -> None:
     except RunInUse as holder:
         exit_with_error(
             f"{run.path} is in use by {holder}; wait until that run ends (or stop it) before "
-            "continuing it, or pass another hydra.run.dir."
+            f"continuing it, or pass another hydra.run.dir (if that process is gone, delete "
+            f"{run.lock_path})."
         )
     except OSError as err:
         exit_with_error(
