@@ -57,6 +57,17 @@ def reference_logits(checkpoint: Path, batch: torch.Tensor) -> torch.Tensor:
         return classifier(batch)
 
 
+def assert_predicts_as_checkpoint(model, checkpoint: Path, batches) -> None:
+    """An exported model gives the checkpoint's logits (to 1e-4) and classes on every batch."""
+    for batch in batches:
+        with torch.no_grad():
+            got = model(batch)
+        expected = reference_logits(checkpoint, batch)
+        assert got.shape == (len(batch), 10)
+        assert (got - expected).abs().max() <= 1e-4
+        assert torch.equal(got.argmax(1), expected.argmax(1))
+
+
 # the scratch ViT (fused attention), VGG16, and the ResNet with local attention in every layer
 @pytest.mark.parametrize("kind", ["vit", "vgg16", "resnet_sasa"])
 def test_torch_export_matches_pytorch_with_a_dynamic_batch(
@@ -75,14 +86,10 @@ def test_torch_export_matches_pytorch_with_a_dynamic_batch(
     (name,) = program.graph_signature.user_inputs
     node = next(n for n in program.graph.nodes if n.name == name)
     assert isinstance(node.meta["val"].shape[0], torch.SymInt)  # the batch: not a constant
-    loaded = program.module()
-    for batch in (images(1, seed=2), images(5), images(3, seed=3)):  # exported with 2 images
-        with torch.no_grad():
-            got = loaded(batch)
-        expected = reference_logits(checkpoints[kind], batch)
-        assert got.shape == (len(batch), 10)
-        assert (got - expected).abs().max() <= 1e-4
-        assert torch.equal(got.argmax(1), expected.argmax(1))
+    # exported with 2 images: other batch sizes prove the dynamic batch
+    assert_predicts_as_checkpoint(
+        program.module(), checkpoints[kind], (images(1, seed=2), images(5), images(3, seed=3))
+    )
 
 
 def test_torch_export_refuses_a_net_it_cannot_trace(tmp_path: Path) -> None:
@@ -111,13 +118,8 @@ def test_torchscript_export_matches_pytorch(
     assert json.loads((tmp_path / "run" / "export.json").read_text()) == record
 
     loaded = torch.jit.load(str(path))  # the plain PyTorch way, as a user would
-    for batch in (images(5), images(1, seed=2)):  # a dynamic batch: traced with 2 images
-        with torch.no_grad():
-            got = loaded(batch)
-        expected = reference_logits(checkpoints[kind], batch)
-        assert got.shape == (len(batch), 10)
-        assert (got - expected).abs().max() <= 1e-4
-        assert torch.equal(got.argmax(1), expected.argmax(1))
+    # a dynamic batch: traced with 2 images
+    assert_predicts_as_checkpoint(loaded, checkpoints[kind], (images(5), images(1, seed=2)))
 
 
 @pytest.mark.skipif(
