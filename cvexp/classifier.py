@@ -15,6 +15,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from cvexp.errors import UserError
 from cvexp.trainer import writes_step_metrics
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -36,8 +37,10 @@ class ImageClassifier(L.LightningModule):
 
     Fast paths: `channels_last` stores conv weights and inputs NHWC (faster convolutions on
     GPUs, with bf16 above all); `compile` compiles the net with `torch.compile` in place
-    (its parameter names, hence checkpoints, do not change). Mixed precision is the
-    Trainer's (`trainer.precision=bf16-mixed`).
+    (its parameter names, hence checkpoints, do not change), in torch.compile's `compile_mode`
+    (null: its default; `reduce-overhead` replays each step's kernels as CUDA graphs, which
+    takes the host out of a small net's GPU step). Mixed precision is the Trainer's
+    (`trainer.precision=bf16-mixed`).
 
     Test-time augmentation (`set_tta("flip")`, before `trainer.test`) adds `test/acc_tta` and
     `test/loss_tta` beside the plain `test/acc` and `test/loss`, which it leaves as they are.
@@ -53,11 +56,14 @@ class ImageClassifier(L.LightningModule):
         label_smoothing: float = 0.0,
         channels_last: bool = False,
         compile: bool = False,
+        compile_mode: str | None = None,
     ) -> None:
         super().__init__()
         # plain values only: checkpoints then load with torch.load(weights_only=True)
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
-        self.net = prepare_net(net, channels_last=channels_last, compile=compile)
+        self.net = prepare_net(
+            net, channels_last=channels_last, compile=compile, compile_mode=compile_mode
+        )
         self.channels_last = channels_last
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -292,12 +298,33 @@ def _accepts(factory: Callable[..., Any], name: str) -> bool:
     return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
-def prepare_net(net: nn.Module, *, channels_last: bool = False, compile: bool = False) -> nn.Module:
+# torch.compile's modes (torch._inductor.list_mode_options() lists the same names)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def prepare_net(
+    net: nn.Module,
+    *,
+    channels_last: bool = False,
+    compile: bool = False,
+    compile_mode: str | None = None,
+) -> nn.Module:
     """Apply the speed options to a net in place: NHWC weights, and/or torch.compile."""
+    if compile_mode is not None and compile_mode not in COMPILE_MODES:
+        raise UserError(
+            f"model.compile_mode={compile_mode} is not a torch.compile mode; pass one of "
+            f"{', '.join(COMPILE_MODES)}, or null for torch's default."
+        )
+    if compile_mode is not None and not compile:
+        raise UserError(
+            f"model.compile_mode={compile_mode} needs model.compile=true; pass both, or "
+            "model.compile_mode=null."
+        )
     if channels_last:
         net.to(memory_format=torch.channels_last)
     if compile:
-        net.compile()  # compiles forward in place; state_dict keys keep their names
+        # compiles forward in place; state_dict keys keep their names
+        net.compile(mode=compile_mode)
     return net
 
 

@@ -293,6 +293,15 @@ CASES = {
     "nan-learning-rate": refused_setting(
         "model.optimizer.lr=nan", fragments=("model.optimizer.lr=nan", "finite")
     ),
+    "unknown-compile-mode": refused_setting(
+        "model.compile=true",
+        "model.compile_mode=fast",
+        fragments=("model.compile_mode=fast", "reduce-overhead"),
+    ),
+    "compile-mode-without-compile": refused_setting(
+        "model.compile_mode=reduce-overhead",
+        fragments=("model.compile_mode=reduce-overhead", "model.compile=true"),
+    ),
     "infinite-mixup-alpha": refused_setting(
         "data.mixup_alpha=inf", fragments=("data.mixup_alpha=inf", "finite")
     ),

@@ -185,6 +185,23 @@ def test_speed_options_train_and_keep_checkpoints_portable(compose_train, tmp_pa
     assert classifier(torch.rand(2, 3, 32, 32)).shape == (2, 10)
 
 
+def test_compile_mode_reaches_torch_compile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """model.compile_mode is torch.compile's mode (reduce-overhead: CUDA graphs)."""
+    from cvexp.classifier import prepare_net
+    from cvexp.models.vgg import VGG
+
+    modes: list[str | None] = []
+
+    def recording_compile(fn, *args, **kwargs):
+        modes.append(kwargs.get("mode"))
+        return fn
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    prepare_net(VGG(depth=11), compile=True, compile_mode="reduce-overhead")
+    prepare_net(VGG(depth=11), compile=True)
+    assert modes == ["reduce-overhead", None]
+
+
 def test_compile_keeps_parameter_names_and_on_device_needs_no_workers(data_root: Path) -> None:
     from cvexp.classifier import prepare_net
     from cvexp.errors import UserError
@@ -192,5 +209,7 @@ def test_compile_keeps_parameter_names_and_on_device_needs_no_workers(data_root:
 
     names = list(VGG(depth=11).state_dict())
     assert list(prepare_net(VGG(depth=11), compile=True).state_dict()) == names
+    with pytest.raises(UserError, match=r"model\.compile_mode=fast is not a torch\.compile mode"):
+        prepare_net(VGG(depth=11), compile=True, compile_mode="fast")
     with pytest.raises(UserError, match=r"data\.num_workers=0"):
         CIFAR10DataModule(str(data_root), on_device=True, num_workers=2)

@@ -25,6 +25,8 @@ MAX_SEED = 2**32 - 1
 PLANNED_SCHEDULES = ("torch.optim.lr_scheduler.OneCycleLR", "cvexp.schedules.warmup_cosine")
 # the test-time augmentations `tta` may name (cvexp.classifier.TTA_MODES, which imports torch)
 TTA_MODES = ("flip",)
+# torch.compile's modes (cvexp.classifier.COMPILE_MODES, which imports torch)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def _get(cfg: DictConfig, key: str) -> Any:
@@ -133,6 +135,17 @@ def _check_model(cfg: DictConfig) -> None:
         raise UserError(
             f"model.optimizer.lr={_shown(lr)} cannot train; pass a positive, finite learning "
             "rate, e.g. model.optimizer.lr=0.1."
+        )
+    mode = _get(cfg, "model.compile_mode")
+    if mode is not None and mode not in COMPILE_MODES:
+        raise UserError(
+            f"model.compile_mode={_shown(mode)} is not a torch.compile mode; pass one of "
+            f"{', '.join(COMPILE_MODES)}, or null for torch's default."
+        )
+    if mode is not None and _get(cfg, "model.compile") is not True:
+        raise UserError(
+            f"model.compile_mode={mode} needs model.compile=true; pass both, or "
+            "model.compile_mode=null."
         )
 
 
