@@ -16,6 +16,12 @@ that nothing is ever downloaded into, or used instead of, a user's own images.
 Every reader returns the images in one canonical order: by class, then in the order
 of the source (batch order, or sorted file names), so every format of the same images
 yields the same tensors.
+
+Every reader decodes each image straight into its canonical row of one preallocated buffer
+per split, so decoding holds one copy of the images (176 MB for CIFAR-10) and little else: the
+batch files' pixels are streamed from the pickle (cvexp/data/batch_files.py), archives are read
+member by member without keeping their index, and whatever is needed to place an image (its
+class, its file name) is kept in arrays, not in tens of thousands of Python objects.
 """
 
 from __future__ import annotations
@@ -24,18 +30,19 @@ import ctypes
 import hashlib
 import io
 import os
-import pickle
 import re
 import sys
 import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from cvexp.data import batch_files
 from cvexp.data.image_files import IMAGE_SUFFIXES as ANY_IMAGE_SUFFIXES
 from cvexp.errors import UserError
 
@@ -231,118 +238,110 @@ def read_source(source: Source) -> Cifar10Tensors:
     return readers[source.kind](source.path)
 
 
-class _BatchUnpickler(pickle.Unpickler):
-    """Unpickles an official batch file, refusing every global except numpy's array rebuilders."""
-
-    ALLOWED = frozenset(
-        {
-            ("numpy.core.multiarray", "_reconstruct"),
-            ("numpy._core.multiarray", "_reconstruct"),
-            ("numpy", "ndarray"),
-            ("numpy", "dtype"),
-            ("_codecs", "encode"),
-        }
-    )
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        return super().find_class(module, name)
-
-
-def _decode_batch(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """One official batch file: (N, 32, 32, 3) uint8 images and (N,) labels."""
-    hint = (
-        f"the CIFAR-10 batch file {name} is truncated or corrupt; delete it and download "
-        "it again (data.download=true) or replace it with a good copy."
-    )
-    try:
-        batch = _BatchUnpickler(io.BytesIO(data), encoding="bytes").load()
-        images = np.asarray(batch[b"data"])
-        labels = np.asarray(batch.get(b"labels", batch.get(b"fine_labels")), dtype=np.int64)
-    except Exception:
-        raise UserError(hint[0].upper() + hint[1:]) from None
-    if images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != 3 * IMAGE_SIZE**2:
-        raise UserError(hint[0].upper() + hint[1:])
-    if labels.shape != (images.shape[0],) or labels.min() < 0 or labels.max() >= len(CLASSES):
-        raise UserError(hint[0].upper() + hint[1:])
-    # stored channel-major: (N, 3, 32, 32) -> (N, 32, 32, 3)
-    images = images.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE).transpose(0, 2, 3, 1)
-    return images, labels
-
-
 def _release_freed_memory() -> None:
     """Give freed heap pages back to the OS (glibc keeps them otherwise); a no-op elsewhere."""
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
 
 
-def _assemble(parts_per_class: list[list[np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenate per-class parts, each (n, 32, 32, 3), class 0 first, into one uint8 tensor.
+class _BatchSplit:
+    """One split's scanned batch files and the buffer their pixels are copied into, each image
+    straight into its canonical row (by class, then source order), so that nothing is
+    reordered afterwards and no second copy is ever held."""
 
-    Parts are released as they are copied, so the peak is about one copy of the data, not
-    the two that concatenating everything at once would hold.
-    """
-    sizes = [sum(len(p) for p in parts) for parts in parts_per_class]
-    images = torch.empty((sum(sizes), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=torch.uint8)
-    out, cursor = images.numpy(), 0
-    for parts in parts_per_class:
-        parts.reverse()
-        while parts:
-            part = parts.pop()
-            out[cursor : cursor + len(part)] = part
-            cursor += len(part)
-        _release_freed_memory()  # the copied parts' pages go back as the output grows
-    labels = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
-    return images, labels
+    def __init__(self, batches: list[batch_files.BatchScan]) -> None:
+        self.batches = batches
+        labels = np.concatenate([batch.labels for batch in batches])
+        order = np.argsort(labels, kind="stable")
+        self.rows = np.empty_like(order)  # each image's canonical row, in source order
+        self.rows[order] = np.arange(len(order))
+        self.starts = np.cumsum([0] + [batch.rows for batch in batches]).tolist()
+        self.labels = labels[order]
+        _release_freed_memory()  # what scanning left on the heap would add to the peak
+        self.images = torch.empty((len(labels), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=torch.uint8)
 
+    def copy(self, i: int, file: BinaryIO) -> None:
+        """Copy the pixels of the i-th batch file, open in `file`, into their rows."""
+        rows = self.rows[self.starts[i] : self.starts[i + 1]]
+        batch_files.copy_rows(file, self.batches[i], self.images.numpy(), rows)
 
-def _stack_batches(batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, ...]:
-    """Official batches in canonical order: by class, then source order."""
-    parts_per_class: list[list[np.ndarray]] = [[] for _ in CLASSES]
-    for images, labels in batches:  # each batch is split by class and released
-        for label, parts in enumerate(parts_per_class):
-            parts.append(images[labels == label])  # a contiguous copy
-    return _assemble(parts_per_class)
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        _release_freed_memory()
+        return self.images, torch.from_numpy(self.labels)
 
 
 def _read_batches_dir(path: Path) -> Cifar10Tensors:
-    def load(name: str) -> tuple[np.ndarray, np.ndarray]:
+    def scan(name: str) -> batch_files.BatchScan:
         file = path / name
         if not file.is_file():
             raise UserError(
                 f"{path} lacks the batch file {name}; download CIFAR-10 again "
                 "(data.download=true) or copy the complete cifar-10-batches-py/ folder."
             )
-        return _decode_batch(file.read_bytes(), str(file))
+        with file.open("rb") as stream:
+            return batch_files.scan(stream, str(file), len(CLASSES))
 
-    train = _stack_batches(load(name) for name in TRAIN_BATCHES)
-    test = _stack_batches([load(TEST_BATCH)])
-    return Cifar10Tensors(*train, *test)
+    tensors: list[torch.Tensor] = []
+    for names in (TRAIN_BATCHES, (TEST_BATCH,)):
+        split = _BatchSplit([scan(name) for name in names])
+        for i, name in enumerate(names):
+            with (path / name).open("rb") as file:
+                split.copy(i, file)
+        tensors.extend(split.tensors())
+    return Cifar10Tensors(*tensors)
 
 
 def _read_batches_tar(path: Path) -> Cifar10Tensors:
-    found: dict[str, bytes] = {}
+    """Two passes over the archive: the first finds and scans the batch files (labels, where
+    the pixels are), the second copies the pixels, in archive order, so that a compressed
+    archive is decompressed twice and never rewound more."""
+    wanted = (*TRAIN_BATCHES, TEST_BATCH)
+    found: dict[str, tarfile.TarInfo] = {}
+    scans: dict[str, batch_files.BatchScan | UserError] = {}
     try:
         with tarfile.open(path) as tar:
-            for member in tar:
+            for member in _stream_members(tar):
                 name = Path(member.name).name
-                if member.isfile() and name in (*TRAIN_BATCHES, TEST_BATCH):
-                    found[name] = tar.extractfile(member).read()
+                if member.isfile() and name in wanted:
+                    found[name] = member
+                    try:  # a corrupt file is named after the check for missing ones, as before
+                        with tar.extractfile(member) as file:
+                            scans[name] = batch_files.scan(file, f"{path}:{name}", len(CLASSES))
+                    except UserError as error:
+                        scans[name] = error
+            missing = [name for name in wanted if name not in found]
+            if missing:
+                raise UserError(
+                    f"The archive {path} lacks {', '.join(missing)}; delete it and download it "
+                    "again (data.download=true)."
+                )
+            for name in wanted:
+                if isinstance(scans[name], UserError):
+                    raise scans[name]
+            splits = [
+                _BatchSplit([scans[name] for name in names])
+                for names in (TRAIN_BATCHES, (TEST_BATCH,))
+            ]
+            place = {name: (splits[0], i) for i, name in enumerate(TRAIN_BATCHES)}
+            place[TEST_BATCH] = (splits[1], 0)
+            for name in sorted(wanted, key=lambda name: found[name].offset_data):
+                split, i = place[name]
+                with tar.extractfile(found[name]) as file:
+                    split.copy(i, file)
     except (tarfile.TarError, OSError, EOFError) as err:
         raise UserError(
             f"The archive {path} is truncated or corrupt ({err}); delete it and download it "
             "again (data.download=true) or replace it with a good copy."
         ) from None
-    missing = [n for n in (*TRAIN_BATCHES, TEST_BATCH) if n not in found]
-    if missing:
-        raise UserError(
-            f"The archive {path} lacks {', '.join(missing)}; delete it and download it again "
-            "(data.download=true)."
-        )
-    train = _stack_batches(_decode_batch(found[n], f"{path}:{n}") for n in TRAIN_BATCHES)
-    test = _stack_batches([_decode_batch(found[TEST_BATCH], f"{path}:{TEST_BATCH}")])
-    return Cifar10Tensors(*train, *test)
+    return Cifar10Tensors(*splits[0].tensors(), *splits[1].tensors())
+
+
+def _stream_members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """The archive's members in order, without keeping them: TarFile's own iteration keeps
+    every TarInfo it reads in `tar.members` (60,000 of them hold tens of MB)."""
+    while (member := tar.next()) is not None:
+        tar.members.clear()
+        yield member
 
 
 def _decode_image_into(out: np.ndarray, data: bytes, name: str) -> None:
@@ -363,35 +362,74 @@ def _decode_image_into(out: np.ndarray, data: bytes, name: str) -> None:
 
 
 class _ImageSplit:
-    """One split's images, decoded straight into a preallocated (N, 32, 32, 3) buffer.
+    """One split's images, each decoded straight into its canonical row of a preallocated
+    (N, 32, 32, 3) buffer. Holding 60,000 small arrays and stacking them, or reordering the
+    buffer with an index, would cost two copies of the data; this costs one.
 
-    Holding 60,000 small arrays and stacking them would cost two copies of the data
-    (and the small arrays' heap is not given back); this costs one.
+    `labels`: each image's class index, in source order (the order `add` is called in);
+    `rows`: each image's canonical row, in source order (None when that order is canonical).
     """
 
-    def __init__(self, count: int) -> None:
-        self.images = torch.empty((count, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=torch.uint8)
-        self.keys: list[tuple[int, str]] = []  # (class index, file name), in decoding order
+    def __init__(self, labels: np.ndarray, rows: np.ndarray | None = None) -> None:
+        self.images = torch.empty((len(labels), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=torch.uint8)
+        self.source_labels, self.rows, self.count = labels, rows, 0
 
-    def add(self, class_name: str, filename: str, data: bytes, name: str) -> None:
-        _decode_image_into(self.images[len(self.keys)].numpy(), data, name)
-        self.keys.append((CLASSES.index(class_name), filename))
+    def add(self, label: int, data: bytes, name: str) -> None:
+        """Decode the next image of the source order (of class `label`; `name` for messages)."""
+        i = self.count
+        if i == len(self.source_labels) or self.source_labels[i] != label:
+            raise UserError(
+                f"The dataset changed while it was being read (at {name}); run again once it "
+                "is complete."
+            )
+        row = i if self.rows is None else int(self.rows[i])
+        _decode_image_into(self.images[row].numpy(), data, name)
+        self.count += 1
 
     def tensors(self, split: str, origin: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(images, labels) in canonical order: by class, then by file name."""
-        present = {label for label, _ in self.keys}
-        missing = [c for i, c in enumerate(CLASSES) if i not in present]
+        counts = np.bincount(self.source_labels, minlength=len(CLASSES))
+        missing = [c for c, n in zip(CLASSES, counts, strict=True) if n == 0]
         if missing:
             raise UserError(
                 f"{origin} has no {split} images for class {', '.join(missing)}; the image-folder "
                 f"layout needs {split}/<class>/ for all ten classes ({', '.join(CLASSES)})."
             )
-        images = self.images[: len(self.keys)]
-        order = sorted(range(len(self.keys)), key=self.keys.__getitem__)
-        if order != list(range(len(order))):  # usually already sorted: no copy then
-            images = images[torch.tensor(order)]
-        labels = torch.tensor([self.keys[i][0] for i in order], dtype=torch.int64)
-        return images, labels
+        if self.count != len(self.source_labels):
+            raise UserError(
+                f"{origin} changed while it was being read; run again once it is complete."
+            )
+        labels = np.repeat(np.arange(len(CLASSES), dtype=np.int64), counts)
+        return self.images, torch.from_numpy(labels)
+
+
+class _ImageKeys:
+    """(class index, file name) of each image of a split, in source order, whence each image's
+    canonical row. Held in two numpy arrays, which grow as needed, rather than as 50,000 tuples
+    of Python objects: those would leave the heap fragmented, megabytes that stay resident."""
+
+    def __init__(self) -> None:
+        self.labels = np.empty(1024, dtype=np.int64)
+        self.names = np.empty(1024, dtype="U16")  # code points: sorted as Python sorts str
+        self.count = 0
+
+    def append(self, label: int, name: str) -> None:
+        if self.count == len(self.labels):
+            self.labels = np.concatenate([self.labels, np.empty_like(self.labels)])
+            self.names = np.concatenate([self.names, np.empty_like(self.names)])
+        width = self.names.dtype.itemsize // 4
+        if len(name) > width:
+            self.names = self.names.astype(f"U{max(len(name), 2 * width)}")
+        self.labels[self.count], self.names[self.count] = label, name
+        self.count += 1
+
+    def split(self) -> _ImageSplit:
+        """An `_ImageSplit` that decodes each image, in source order, into its canonical row."""
+        labels = self.labels[: self.count].copy()
+        order = np.lexsort((self.names[: self.count], labels))  # stable: by class, then name
+        rows = np.empty_like(order)
+        rows[order] = np.arange(len(order))
+        return _ImageSplit(labels, rows)
 
 
 def _check_class_dirs(split_dir: Path) -> None:
@@ -410,9 +448,10 @@ def _check_class_dirs(split_dir: Path) -> None:
             )
 
 
-def _image_files(class_dir: Path) -> Iterator[Path]:
-    """The images directly in a class folder, sorted; hidden entries are left out, and
+def _count_images(class_dir: Path) -> int:
+    """The number of images directly in a class folder; hidden entries are left out, and
     anything else (a stray or nested file, a broken link) is refused, never skipped."""
+    count = 0
     for file in sorted(class_dir.iterdir()):
         if file.name.startswith("."):
             continue
@@ -433,24 +472,39 @@ def _image_files(class_dir: Path) -> Iterator[Path]:
             raise UserError(
                 f"{file} is not an image (.png or .jpg); remove it from the dataset folder."
             )
-        yield file
+        count += 1
+    return count
+
+
+def _image_names(class_dir: Path) -> list[str]:
+    """The file names of the images in a class folder that `_count_images` has checked, sorted:
+    its entries that are neither hidden nor folders (names, not Paths: fewer objects)."""
+    with os.scandir(class_dir) as entries:
+        return sorted(e.name for e in entries if not e.name.startswith(".") and not e.is_dir())
 
 
 def _read_image_dir(path: Path) -> Cifar10Tensors:
+    """Per split, two passes over the class folders: the first checks them and counts the
+    images, the second lists each folder again and decodes its images, in canonical order, so
+    that no more than one folder's file names are held at a time."""
     tensors: list[torch.Tensor] = []
     for split in SPLITS:
         split_dir = path / split
         _check_class_dirs(split_dir)
-        files = [
-            (name, file)
-            for name in CLASSES
-            if (class_dir := split_dir / name).is_dir()
-            for file in _image_files(class_dir)
-        ]
-        decoded = _ImageSplit(len(files))
-        for name, file in files:
-            decoded.add(name, file.name, file.read_bytes(), str(file))
+        classes = [name for name in CLASSES if (split_dir / name).is_dir()]
+        counts = [_count_images(split_dir / name) for name in classes]
+        labels = np.repeat(np.array([CLASSES.index(n) for n in classes], dtype=np.int64), counts)
+        decoded = _ImageSplit(labels)
+        for name in classes:
+            for filename in _image_names(split_dir / name):
+                # a str, not a Path: joining Paths interns every part, and the interpreter's
+                # table of interned strings grows by megabytes for 60,000 names, never to shrink
+                file = os.path.join(split_dir, name, filename)
+                with open(file, "rb") as stream:
+                    decoded.add(CLASSES.index(name), stream.read(), file)
         tensors.extend(decoded.tensors(split, str(path)))
+        del decoded
+        _release_freed_memory()
     return Cifar10Tensors(*tensors)
 
 
@@ -484,35 +538,27 @@ def _stray_member_problem(name: str) -> str | None:
 
 
 def _read_image_tar(path: Path) -> Cifar10Tensors:
+    """Two passes over the archive: the first checks every member and notes each image's class
+    and file name, whence its canonical row; the second decodes the images, in archive order,
+    each straight into its row. No member is kept between the passes (a compressed archive is
+    decompressed twice instead), and no file name while decoding."""
     try:
+        keys = {split: _ImageKeys() for split in SPLITS}
         with tarfile.open(path) as tar:
-            images: list[tuple[str, str, str, tarfile.TarInfo]] = []  # split, class, file, member
-            for member in tar.getmembers():  # one pass over the index, to size the buffers
-                key = _image_member_key(member.name)
-                if key is None and member.isfile():
-                    problem = _stray_member_problem(member.name)
-                    if problem is not None:
-                        raise UserError(
-                            f"{path}:{member.name} {problem} or remove it from the archive."
-                        )
-                if key is None or not member.isfile() or key[2].startswith("."):
-                    continue
-                split, cls, filename = key
-                label = f"{path}:{member.name}"
-                if cls not in CLASSES:
-                    raise UserError(
-                        f"{label} is in a folder that is not a CIFAR-10 class; the class "
-                        f"folders must be named {', '.join(CLASSES)}."
-                    )
-                if Path(filename).suffix.lower() not in IMAGE_SUFFIXES:
-                    raise UserError(
-                        f"{label} is not an image (.png or .jpg); remove it from the archive."
-                    )
-                images.append((split, cls, filename, member))
-            decoded = {s: _ImageSplit(sum(1 for m in images if m[0] == s)) for s in SPLITS}
-            for split, cls, filename, member in images:
-                data = tar.extractfile(member).read()
-                decoded[split].add(cls, filename, data, f"{path}:{member.name}")
+            for member in _stream_members(tar):
+                key = _checked_image_member(path, member)
+                if key is not None:
+                    keys[key[0]].append(CLASSES.index(key[1]), key[2])
+        decoded = {split: keys.pop(split).split() for split in SPLITS}
+        _release_freed_memory()  # the keys' heap would add to the peak
+        with tarfile.open(path) as tar:
+            for member in _stream_members(tar):
+                key = _checked_image_member(path, member)
+                if key is not None:
+                    with tar.extractfile(member) as file:
+                        data = file.read()
+                    label = CLASSES.index(key[1])
+                    decoded[key[0]].add(label, data, f"{path}:{member.name}")
     except (tarfile.TarError, OSError, EOFError) as err:
         raise UserError(
             f"The archive {path} is truncated or corrupt ({err}); copy or download it again."
@@ -521,3 +567,27 @@ def _read_image_tar(path: Path) -> Cifar10Tensors:
     for split in SPLITS:
         tensors.extend(decoded[split].tensors(split, str(path)))
     return Cifar10Tensors(*tensors)
+
+
+def _checked_image_member(path: Path, member: tarfile.TarInfo) -> tuple[str, str, str] | None:
+    """(split, class, file name) for an image member of a packed image-folder tree; None for a
+    member that is left out (a folder, a hidden file, anything outside the splits). A file that
+    cannot be left out silently (outside the class folders, in an unknown class, not an image)
+    is refused with a UserError that names it."""
+    key = _image_member_key(member.name)
+    if key is None and member.isfile():
+        problem = _stray_member_problem(member.name)
+        if problem is not None:
+            raise UserError(f"{path}:{member.name} {problem} or remove it from the archive.")
+    if key is None or not member.isfile() or key[2].startswith("."):
+        return None
+    _, cls, filename = key
+    label = f"{path}:{member.name}"
+    if cls not in CLASSES:
+        raise UserError(
+            f"{label} is in a folder that is not a CIFAR-10 class; the class "
+            f"folders must be named {', '.join(CLASSES)}."
+        )
+    if os.path.splitext(filename)[1].lower() not in IMAGE_SUFFIXES:  # not Path: see _read_image_dir
+        raise UserError(f"{label} is not an image (.png or .jpg); remove it from the archive.")
+    return key
