@@ -32,6 +32,7 @@ from omegaconf import DictConfig
 from cvexp.benchmarks.timing import Measurement, interleaved_medians, synchronize
 from cvexp.data.augment import augment_batch
 from cvexp.runtime.config import compose_config
+from cvexp.runtime.hardware import cpu_computes_bf16
 from cvexp.trainer import build_trainer
 
 
@@ -180,6 +181,31 @@ OPTIONS = {
     "channels_last": "model.channels_last=true",
     "compile": "model.compile=true",
 }
+
+# Why an option is not measured (bench.json's `options_skipped`, a row of the table each)
+NOT_IN_QUICK = "not measured in --quick: a few cold steps say nothing of a speed-up"
+BF16_EMULATED = (
+    "not measured: this CPU emulates bf16 (it lacks AVX512-BF16 and AMX), slower than "
+    "float32, and one fit takes minutes (13 on an AVX2 EPYC)"
+)
+COMPILE_ON_CPU = (
+    "not measured on a CPU: compiling VGG16-BN takes minutes on a few cores, too long for the "
+    "bench's 10 minutes (and it did not pay on our CPUs); time it on a GPU (--device cuda)"
+)
+
+
+def skipped_options(device: str, *, quick: bool) -> dict[str, str]:
+    """The speed options not measured on `device`, each with why: every one in a quick run; on
+    a CPU, compile, and bf16 where the CPU does not compute it natively (the same check as the
+    CPU presets' precision)."""
+    if quick:
+        return dict.fromkeys(OPTIONS, NOT_IN_QUICK)
+    if torch.device(device).type != "cpu":
+        return {}
+    skipped = {"compile": COMPILE_ON_CPU}
+    if not cpu_computes_bf16():
+        skipped["bf16_mixed"] = BF16_EMULATED
+    return {name: skipped[name] for name in OPTIONS if name in skipped}  # in OPTIONS' order
 
 
 def measure(

@@ -1,14 +1,17 @@
 """cvexp-bench: our speed as ratios against the baselines users would otherwise use.
 
     cvexp-bench                # the full run: a few minutes on 2 CPU cores
-    cvexp-bench --quick        # a smoke run in under a minute (too short to judge the goals)
+    cvexp-bench --quick        # a smoke run under a minute: no speed goal judged, no option timed
     cvexp-bench --data-root /path/to/cifar10 --out results/bench.json
     cvexp-bench --attention     # adds ResNet-26 local self-attention vs convolution (slow)
 
 Every figure is a ratio of medians over interleaved repeats, measured side by side in this
 process (or, for memory and start-up, in fresh child processes), so that the machine's noise
 hits both sides alike. Without --data-root the data is generated: random pixels of CIFAR-10's
-shape. The start-up of cvexp-train (--help and --cfg job) is measured in every mode.
+shape. The start-up of cvexp-train (--help and --cfg job) is measured in every mode. The speed
+options (bf16-mixed, channels_last, compile) are timed in the full run only, and on a CPU not
+compile (minutes to compile), nor bf16 where the CPU emulates it; bench.json and the table say
+which were skipped and why.
 
 The work is `cvexp.benchmarks.report.run_benchmarks`.
 """

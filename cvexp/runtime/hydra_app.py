@@ -53,15 +53,13 @@ def fast_precision(accelerator: str = "auto") -> str:
     On such a CPU bf16 autocast trains the quarter-width VGG16 about 1.5 times faster (see
     docs/benchmarks.md); elsewhere (most laptops) bf16 is emulated and slower than float32.
     """
-    import torch
+    import torch  # here, not at the top: the commands start without torch
+
+    from cvexp.runtime.hardware import cpu_computes_bf16  # imports torch too
 
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
         return "bf16-mixed"
-    try:
-        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch without oneDNN's check
-        native = False
-    return "bf16-mixed" if native else "32-true"
+    return "bf16-mixed" if cpu_computes_bf16() else "32-true"
 
 
 def log_lightning_to_run_file() -> None:
