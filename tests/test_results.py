@@ -55,6 +55,23 @@ def test_committed_results_name_the_configurations_of_their_preset(sweep: str, f
         assert int(row["n"]) >= 1
 
 
+def test_committed_recipe_ablation_has_two_seeds_a_row_and_both_tests() -> None:
+    """docs/results/recipes/: each change to the preset with 2 seeds, test/acc and the flip's."""
+    table = RESULTS / "recipes" / "results.csv"
+    if not table.is_file():
+        pytest.skip(f"{table} is not there yet")
+    with table.open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) >= 4
+    for row in rows:
+        assert int(row["n"]) == 2 and row["status"] == "2 completed"
+        assert 0.1 < float(row["test_acc_mean"]) < 1 and 0.1 < float(row["test_acc_tta_mean"]) < 1
+    readme = (RESULTS / "recipes" / "README.md").read_text()
+    for row in rows:  # every change in the table is named, with its overrides, in the README
+        for override in row["configuration"].split(", "):
+            assert override in readme or override == "vgg16_bn", override
+
+
 @pytest.mark.parametrize("native_bf16", [True, False])
 def test_cnn_presets_train_in_bf16_only_where_the_cpu_computes_it(
     native_bf16: bool, monkeypatch, tmp_path: Path
