@@ -190,7 +190,8 @@ BF16_EMULATED = (
 )
 COMPILE_ON_CPU = (
     "not measured on a CPU: compiling VGG16-BN takes minutes on a few cores, too long for the "
-    "bench's 10 minutes (and it did not pay on our CPUs); time it on a GPU (--device cuda)"
+    "bench's 10 minutes; time it on a GPU (--device cuda), or on a CPU with "
+    "docs/cpu_preset_options.py"
 )
 
 
