@@ -38,6 +38,9 @@ def run_until_signal(cwd: Path, args: list[str], step: int, sig: signal.Signals)
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # Ctrl+C's default in the child even when this suite runs as a background job, whose
+        # shell ignores SIGINT (inherited: Python then never raises KeyboardInterrupt)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
