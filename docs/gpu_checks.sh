@@ -5,7 +5,7 @@
 #   bash docs/gpu_checks.sh DATA_ROOT OUT_DIR [SECONDS]
 #
 #   1. the CUDA sync test (no synchronising CUDA call between logging steps);
-#   2. the fast path, docs/gpu_fast_vgg16_bn.sh: experiment=vgg16_bn_gpu_fast, issue 28's
+#   2. the fast path, docs/gpu_fast_vgg16_bn.sh: experiment=vgg16_bn_gpu_fast, the fast trainers'
 #      recipe (batch 512, peak lr 0.4, no dropout, label smoothing 0.2, torch.compile, flip
 #      TTA reported as test/acc_tta beside test/acc); goal 93% within 2 minutes of training;
 #   3. the small-net framework overhead (ours / a plain eager loop), with its profile: eager,

@@ -135,7 +135,7 @@ def test_every_experiment_is_a_single_run_preset(experiment: str) -> None:
     if experiment == "vgg16_bn_gpu_fast":
         assert cfg.trainer.precision == "bf16-mixed"
         assert cfg.model.channels_last and cfg.data.on_device and cfg.data.batch_size == 512
-        # issue 28's recipe: lr scaled for batch 512, no dropout, label smoothing, flip TTA
+        # the fast trainers' recipe: lr scaled for batch 512, no dropout, label smoothing, flip TTA
         assert cfg.model.compile and cfg.model.optimizer.lr == 0.4 and cfg.model.net.dropout == 0
         assert cfg.model.label_smoothing == 0.2 and cfg.tta == "flip"
 

@@ -1,4 +1,4 @@
-"""Training time on the x axis (issue 28): RunSummary logs `time/train_seconds` at each
+"""Training time on the x axis: RunSummary logs `time/train_seconds` at each
 validation's end, a resumed run counts on, and `cvexp-compare --x time` plots against it."""
 
 from __future__ import annotations
