@@ -183,6 +183,24 @@ def test_three_networks_shapes_gradients_and_fewer_parameters_with_attention(
     assert counts["resnet26_full_sasa"] < counts["resnet26"]
 
 
+def test_bf16_mixed_precision_trains_and_matches_float32() -> None:
+    """Under bf16 autocast (the CPU presets' precision) the windowed attention runs in float32:
+    the step works (it crashed on a dtype mismatch in the backward) and its output is float32."""
+    torch.manual_seed(0)
+    layer = LocalSelfAttention2d(8, 8, kernel_size=3, num_heads=2)
+    x = torch.randn(2, 8, 6, 6, requires_grad=True)
+    assert not layer.uses_dense_path(6, 6)
+    reference = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = layer(x)
+    assert mixed.dtype == torch.float32
+    # only the 1x1 q/k/v projection ran in bf16 (8 significant bits)
+    assert torch.allclose(mixed, reference, atol=0.1, rtol=0.05)
+    mixed.square().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in layer.parameters())
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
 @pytest.mark.parametrize("name", VARIANTS)
 def test_fast_dev_run_through_the_real_config(compose_train, tmp_path: Path, name: str) -> None:
     cfg = compose_train(f"model={name}", "trainer.fast_dev_run=true", "data.batch_size=4")

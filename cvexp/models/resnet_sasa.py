@@ -189,9 +189,21 @@ class LocalSelfAttention2d(nn.Module):
         # an exporter (torch.export, TorchScript's tracer, ONNX) cannot record the chunk loop
         # and in-place writes of the autograd.Function: it gets the same sums, out of place
         window_attention = _window_attention if _exporting() else _WindowAttention.apply
-        out, attention = window_attention(
-            q, key, value, self.relative_embeddings(), self._masks[mask_key], k, w
-        )
+        # in the parameters' precision under autocast too (bf16 or fp16 mixed precision gives
+        # q, k, v in half precision): the function's sums and softmax run in place, outside
+        # autocast's casts, and autocast keeps a softmax in float32 as well
+        relative = self.relative_embeddings()
+        dtype = torch.promote_types(q.dtype, relative.dtype)
+        with torch.autocast(q.device.type, enabled=False):
+            out, attention = window_attention(
+                q.to(dtype),
+                key.to(dtype),
+                value.to(dtype),
+                relative.to(dtype),
+                self._masks[mask_key],
+                k,
+                w,
+            )
         out = out.view(b, heads, d, h, row)[..., :w]
         return out, attention.view(b, heads, k * k, h, row)[..., :w]
 
