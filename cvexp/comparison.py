@@ -39,6 +39,7 @@ CURVES = ("train/loss_epoch", "val/loss", "val/acc")  # the graph's panels, plus
 # the graph against each x axis (`cvexp.viz.curves.X_AXES`); --x both draws the two
 FIGURES = {"epoch": "convergence.png", "time": "convergence_time.png"}
 X_CHOICES = (*FIGURES, "both")
+RATE = "train_images_per_s"  # summary.json: training images per second of training steps
 RESULT_FILES = ("results.md", "results.csv", *FIGURES.values())
 
 
@@ -128,6 +129,9 @@ def results_rows(
                 "train_seconds_mean": _mean_std(
                     [r.summary.get("train_seconds", 0.0) for r in done]
                 )[0],
+                "train_images_per_s_mean": _mean_std(
+                    [r.summary[RATE] for r in done if r.summary.get(RATE) is not None]
+                )[0],
                 "ranked_by": f"{ranking[0]} ({ranking[1]})",
                 "ranked_value_mean": ranked[0],
                 "runs": " ".join(str(r.path) for r in group.runs),
@@ -168,6 +172,7 @@ def results_markdown(rows: list[dict[str, Any]], metric: str) -> str:
         "epochs",
         "early stop",
         "train time (s)",
+        "train img/s",
     ]
     cells = []
     for row in rows:
@@ -188,11 +193,16 @@ def results_markdown(rows: list[dict[str, Any]], metric: str) -> str:
                 _fmt(row["epochs_run_mean"], 1),
                 row["early_stopped"],
                 _fmt(row["train_seconds_mean"], 1),
+                _fmt(row["train_images_per_s_mean"], 0),
             ]
         )
     note = (
         "MACs: multiply-accumulates for one 32x32 image (torch.utils.flop_counter, plus the "
         "documented count of local self-attention's q.k and weighted sum of v); FLOPs = 2 x MACs."
+    )
+    note += (
+        "\ntrain time: seconds of fit, validation included; train img/s: training images per "
+        "second of training steps, validation not counted (- for runs that did not record it)."
     )
     if with_tta:
         note += (

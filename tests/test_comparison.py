@@ -294,6 +294,27 @@ def test_grouping_ignores_the_seed_and_the_keys_each_run_excludes(tmp_path: Path
     assert rows["VGG"]["runs"] == f"{root / '0'} {root / '1'}"
 
 
+def test_training_throughput_is_the_mean_of_the_runs_that_recorded_it(
+    sweep: Path, tmp_path: Path
+) -> None:
+    """train img/s: each run's summary train_images_per_s, the mean over a configuration's
+    runs; "-" where no run recorded one (runs from before it was counted)."""
+    for job, rate in (("0_job", 100.0), ("1_job", 120.0)):  # the two width-0.125 runs
+        summary_path = sweep / job / "summary.json"
+        summary = json.loads(summary_path.read_text())
+        summary_path.write_text(json.dumps({**summary, "train_images_per_s": rate}))
+    result = compare([sweep], out_dir=tmp_path / "out")
+    rows = rows_by_label(result)
+    assert rows["model.net.width=0.125"]["train_images_per_s_mean"] == pytest.approx(110.0)
+    assert rows["model.net.width=0.25"]["train_images_per_s_mean"] is None
+    lines = {line.split(" | ")[1]: line for line in result["table"].splitlines()[2:4]}
+    assert lines["model.net.width=0.125"].endswith("| 1.5 | 110 |")
+    assert lines["model.net.width=0.25"].endswith("| 1.5 | - |")
+    with (tmp_path / "out" / "results.csv").open() as f:
+        rates = {row["configuration"]: row["train_images_per_s_mean"] for row in csv.DictReader(f)}
+    assert float(rates["model.net.width=0.125"]) == pytest.approx(110.0)
+
+
 def test_the_cost_cell_says_why_it_is_missing(tmp_path: Path) -> None:
     root = tmp_path / "sweep"
     make_run(root / "0", ["model=vgg"], exclude_keys=[])

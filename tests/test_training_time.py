@@ -58,6 +58,7 @@ def timed_run(tmp_path_factory, tiny) -> dict:
     state = checkpoint["callbacks"]["RunSummary"]
     state["run_dir"] = str(copy.resolve())  # the copy's own state, not another run's
     state["train_seconds"] += OFFSET
+    del state["train_images"]  # as saved before training images were counted
     torch.save(checkpoint, copy / "checkpoints" / "last.ckpt")
     resume_to_3_epochs(run_dir, cwd)
     resume_to_3_epochs(copy, cwd)
@@ -69,6 +70,7 @@ def timed_run(tmp_path_factory, tiny) -> dict:
         "copy_after": scalars(copy, TRAIN_SECONDS),
         "val_acc_steps": [step for step, _ in scalars(run_dir, "val/acc")],
         "summary": json.loads((run_dir / "summary.json").read_text()),
+        "copy_summary": json.loads((copy / "summary.json").read_text()),
     }
 
 
@@ -99,6 +101,21 @@ def test_one_time_point_per_epoch_at_val_acc_steps_and_a_resume_counts_on(timed_
     assert copy[:2] == before and copy[2][1] > OFFSET + before[1][1]
     # the fit's time, validation included, is at least the training time it logged
     assert timed_run["summary"]["train_seconds"] >= seconds[-1]
+
+
+@pytest.mark.slow
+def test_the_summary_counts_training_images_and_their_rate_across_a_resume(timed_run) -> None:
+    summary = timed_run["summary"]
+    # 3 epochs (2, then 1 after the resume) of 2 batches of 8 images
+    assert summary["train_images"] == 3 * 2 * 8
+    # per second of training steps: at most the images over the last logged training time
+    # (validation not counted there either; the fit ran on a little after it)
+    seconds = timed_run["after"][-1][1]
+    assert 0 < summary["train_images_per_s"] <= 48 / seconds + 0.05
+    # resumed from a checkpoint that did not count its images: no rate rather than a wrong one
+    copy = timed_run["copy_summary"]
+    assert copy["status"] == "completed"
+    assert "train_images" not in copy and "train_images_per_s" not in copy
 
 
 @pytest.mark.slow

@@ -25,6 +25,8 @@ class RunSummary(Callback):
     """Keeps the run's record in `summary.json`, driven by Lightning's hooks (rank 0 writes).
 
     - `setup`: the net's size and the validation split;
+    - `on_train_batch_end`: counts the training images (all ranks), for `train_images_per_s`,
+      the images per second of training steps (validation not counted);
     - `on_validation_end`: the best epoch so far of `monitor`;
     - `on_validation_epoch_end`: logs `time/train_seconds` (`TRAIN_SECONDS`), the seconds of fit
       so far across resumes less the time spent validating (the sanity check included), at
@@ -38,7 +40,7 @@ class RunSummary(Callback):
 
     `record_failure` covers errors raised before the Trainer runs. Its state (best epoch,
     seconds of fit and of validation) is saved in checkpoints, so a resumed run continues the
-    record. A result once recorded is never lost: when an attempt to continue a finished run
+    record (a checkpoint from before images were counted gives no rate). A result once recorded is never lost: when an attempt to continue a finished run
     fails or is interrupted, summary.json keeps the earlier result and lists the attempt under
     `attempts`. With `hparams`, TensorBoard's HPARAMS tab gets them with the final best val/acc
     and test/acc; CSV (hparams.yaml), MLflow (params) and W&B (config) get them when the fit
@@ -79,6 +81,8 @@ class RunSummary(Callback):
         self._first_epoch: int | None = None  # the epoch this process started the fit at
         self.train_seconds = 0.0  # of the fit, validation included (summary.json)
         self.validation_seconds = 0.0  # of train_seconds: validating, sanity check included
+        # images of the training steps, all ranks (None: resumed from a checkpoint without it)
+        self.train_images: int | None = 0
         self._fit_started: float | None = None
         self._validation_started: float | None = None
 
@@ -111,6 +115,18 @@ class RunSummary(Callback):
             self._first_epoch = trainer.current_epoch
         elif trainer.current_epoch > self._first_epoch and self._optimizes_training_metric:
             self._observe_optimized(trainer, trainer.current_epoch - 1)  # the epoch just ended
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if self.train_images is not None:
+            labels = batch[1] if isinstance(batch, (tuple, list)) else batch
+            self.train_images += len(labels) * trainer.world_size
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._fit_started is not None:
@@ -200,6 +216,7 @@ class RunSummary(Callback):
             "best_epoch": self.best_epoch,
             "train_seconds": seconds,
             "validation_seconds": validating,
+            "train_images": self.train_images,
             "optimized": [self.optimized_name, self.optimized_best, self.optimized_epoch],
         }
 
@@ -217,6 +234,8 @@ class RunSummary(Callback):
             self.train_seconds = float(state_dict.get("train_seconds", 0.0))
             # 0 in a checkpoint saved before it was kept: that run's earlier validations count
             self.validation_seconds = float(state_dict.get("validation_seconds", 0.0))
+            # a checkpoint saved before images were counted: the rate would be wrong, so none
+            self.train_images = state_dict.get("train_images")
         if self._first_epoch is None and name == self.optimized_name:
             self.optimized_best, self.optimized_epoch = best, epoch
 
@@ -293,6 +312,17 @@ class RunSummary(Callback):
             self.train_seconds += time.perf_counter() - self._fit_started
             self._fit_started = None
 
+    def _throughput(self) -> dict[str, Any]:
+        """The training images and their rate per second of training steps (validation not
+        counted), when both are known."""
+        stepping = self.train_seconds - self.validation_seconds
+        if not self.train_images or stepping <= 0:
+            return {}
+        return {
+            "train_images": self.train_images,
+            "train_images_per_s": round(self.train_images / stepping, 1),
+        }
+
     @property
     def summary(self) -> dict[str, Any]:
         """The record with what this callback tracked, the environment and earlier attempts."""
@@ -316,6 +346,7 @@ class RunSummary(Callback):
             "best_val_acc": self.best_score,
             "best_epoch": self.best_epoch,
             "train_seconds": round(self.train_seconds, 3),
+            **self._throughput(),
             "optimized_metric": {
                 "name": self.optimized_name,
                 "mode": self.optimized_mode,
