@@ -102,3 +102,59 @@ def test_cpu_presets_carry_the_measured_winners(tmp_path: Path) -> None:
         # NHWC convolutions paid 1.52x on the CPU for the CNNs (docs/benchmarks.md)
         assert cfg.model.channels_last == (experiment != "small_vit"), experiment
     GlobalHydra.instance().clear()
+
+
+def swept_models(sweep: str) -> list[str]:
+    """The models a sweep preset lists."""
+    params = OmegaConf.load(ROOT / "conf" / "sweep" / f"{sweep}.yaml").hydra.sweeper.params
+    return str(params.model).split(",")
+
+
+def test_small_conv_vs_attention_builds_the_three_nets_at_the_reduced_width(
+    tmp_path: Path,
+) -> None:
+    """Each job of the sweep, composed as the sweep composes it, builds its ResNet-26 variant at
+    the preset's width and takes a training step in the preset's precision (bf16 autocast
+    where the CPU computes it natively; forced here, so that every machine checks it)."""
+    import torch
+    from hydra.utils import instantiate
+
+    from cvexp.models.resnet_sasa import LocalSelfAttention2d
+
+    assert swept_models("small_conv_vs_attention") == [
+        "resnet26",
+        "resnet26_sasa",
+        "resnet26_full_sasa",
+    ]
+    params = {}
+    for model in swept_models("small_conv_vs_attention"):
+        overrides = ["experiment=small_resnet26", f"model={model}", "trainer.accelerator=cpu"]
+        cfg = compose_config("train", overrides, tmp_path / model)
+        assert list(cfg.model.net.widths) == [16, 32, 64, 128] and cfg.tta == "flip"
+        assert cfg.trainer.max_epochs == 3 and cfg.callbacks.early_stopping is None
+        torch.manual_seed(0)
+        net = instantiate(cfg.model.net)
+        layers = [m for m in net.modules() if isinstance(m, LocalSelfAttention2d)]
+        assert bool(layers) == (model != "resnet26")
+        assert all(layer.kernel_size == 5 and layer.num_heads == 4 for layer in layers)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = net(torch.rand(4, 3, 32, 32)).float().logsumexp(dim=1).mean()
+        loss.backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+        params[model] = sum(p.numel() for p in net.parameters())
+    # as at full width: attention has fewer parameters than the convolutions it replaces
+    assert params["resnet26_sasa"] < params["resnet26"]
+    GlobalHydra.instance().clear()
+
+
+def test_committed_conv_vs_attention_results_have_the_three_nets() -> None:
+    table = RESULTS / "conv_vs_attention" / "results.csv"
+    if not table.is_file():
+        pytest.skip(f"{table} is not there yet")
+    with table.open() as f:
+        rows = {row["configuration"]: row for row in csv.DictReader(f)}
+    assert set(rows) == {f"model={m}" for m in swept_models("small_conv_vs_attention")}
+    for row in rows.values():
+        assert row["status"] == "1 completed" and float(row["test_acc_mean"]) > 0.1
+    readme = (RESULTS / "conv_vs_attention" / "README.md").read_text()
+    assert "train img/s" in readme and "sweep=small_conv_vs_attention" in readme
