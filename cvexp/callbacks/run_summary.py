@@ -39,9 +39,10 @@ class RunSummary(Callback):
     - `on_exception`: failed (with the one-sentence error) or interrupted.
 
     `record_failure` covers errors raised before the Trainer runs. Its state (best epoch,
-    seconds of fit and of validation) is saved in checkpoints, so a resumed run continues the
-    record (a checkpoint from before images were counted gives no rate). A result once recorded is never lost: when an attempt to continue a finished run
-    fails or is interrupted, summary.json keeps the earlier result and lists the attempt under
+    seconds of fit and of validation, training images) is saved in checkpoints, so a resumed
+    run continues the record (a checkpoint from before images were counted gives no rate). A
+    result once recorded is never lost: when an attempt to continue a finished run fails or is
+    interrupted, summary.json keeps the earlier result and lists the attempt under
     `attempts`. With `hparams`, TensorBoard's HPARAMS tab gets them with the final best val/acc
     and test/acc; CSV (hparams.yaml), MLflow (params) and W&B (config) get them when the fit
     starts.
