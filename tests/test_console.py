@@ -1,4 +1,4 @@
-"""A clean console (issue 27, part 4): a real `cvexp-train` run on a fresh copy of the data
+"""A clean console: a real `cvexp-train` run on a fresh copy of the data
 prints no Lightning advert or deprecation warning, a model summary with real FLOPs, and one
 line before and one after decoding the data."""
 

@@ -61,7 +61,7 @@ def test_the_help_follows_the_chosen_options() -> None:
     _, keys = help_keys(cfg)
     text = main_keys_text(cfg, keys, "train")
     assert "model.optimizer.lr (default: 0.001)" in text  # the ViT's AdamW, not VGG's SGD
-    # true for the ViT too, whose schedule has no max_lr (issue 26: it said max_lr follows lr)
+    # true for the ViT too, whose schedule has no max_lr (it once said max_lr follows lr)
     lr_help = text.split("model.optimizer.lr (default: 0.001)")[1].split("model.")[0]
     assert "warmup_cosine multiplies it" in " ".join(lr_help.split())
     assert "trainer.max_epochs (default: 7)" in text

@@ -1,4 +1,4 @@
-"""cvexp/trainer.py and its presets (issue 27, part 3): Lightning's debugging keys compose
+"""cvexp/trainer.py and its presets: Lightning's debugging keys compose
 without `+` and reach the Trainer; the GPU presets turn on cuDNN's autotuner; trainer=mps;
 debug=profiler and debug=overfit on real tiny runs."""
 
