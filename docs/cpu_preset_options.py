@@ -1,5 +1,5 @@
-"""Do the CPU speed options pay on this CPU? The quarter-width VGG16-BN preset's training speed (bf16
-autocast) at batch 128, with channels_last, with torch.compile, and at batch 512. Real Lightning
+"""Do the speed options pay on this CPU? The quarter-width VGG16-BN preset's training speed
+(bf16 autocast) at batch 128, with channels_last, with torch.compile, and at batch 512. Real Lightning
 fits, interleaved repeat by repeat (cvexp.benchmarks.framework_overhead.measure); each option's
 figure is a ratio of medians. Run on a quiet machine (about 5 minutes on 2 cores):
 
