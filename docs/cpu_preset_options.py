@@ -1,6 +1,6 @@
 """Do the speed options pay on this CPU? The quarter-width VGG16-BN preset's training speed
-(bf16 autocast) at batch 128, with channels_last, with torch.compile, and at batch 512. Real Lightning
-fits, interleaved repeat by repeat (cvexp.benchmarks.framework_overhead.measure); each option's
+(bf16 autocast) at batch 128, with channels_last, with torch.compile, and at batch 512. Real
+Lightning fits, interleaved repeat by repeat (cvexp.benchmarks.framework_overhead.measure); each option's
 figure is a ratio of medians. Run on a quiet machine (about 5 minutes on 2 cores):
 
     python docs/cpu_preset_options.py DATA_ROOT OUT.json
